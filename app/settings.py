@@ -1,0 +1,79 @@
+"""Server settings: one pydantic-settings class, every field also an ``ATROUS_*`` variable.
+
+Validated at start-up, so that an impossible configuration fails before the first
+request: a missing model or checkpoint, or a queue smaller than one batch.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.config import ModelConfig
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; see ``deploy/.env.example`` for the defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="ATROUS_", extra="ignore")
+
+    # What to serve: a SavedModel, or a checkpoint exported (and cached) at start, or neither
+    # (the default random-initialised network, announced loudly).
+    model: Path | None = Field(None, description="SavedModel directory written by `atrous export`")
+    checkpoint: Path | None = Field(None, description="checkpoint to export at start")
+    backbone: str = "resnet_v1_101"
+    output_stride: Literal[8, 16, 32] = 16
+    num_classes: int = Field(21, ge=1, le=256)
+    head: Literal["logits", "aspp"] = "logits"
+    input_size: int = 513
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    cache_dir: Path = Path("~/.cache/atrous/savedmodels")
+
+    # Batching and load.
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue: int = Field(64, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    # Input limits.
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+
+    # Where to listen (used by `atrous serve`).
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.model is not None and self.checkpoint is not None:
+            raise ValueError("set ATROUS_MODEL or ATROUS_CHECKPOINT, not both")
+        if self.model is not None and not (self.model / "saved_model.pb").is_file():
+            raise ValueError(f"ATROUS_MODEL={self.model} is not a SavedModel directory")
+        if self.checkpoint is not None:
+            from model.checkpoints import CheckpointError, resolve_checkpoint
+
+            try:
+                resolve_checkpoint(self.checkpoint)
+            except CheckpointError as e:
+                raise ValueError(f"ATROUS_CHECKPOINT: {e}") from None
+        if self.max_queue < self.max_batch_size:
+            raise ValueError(f"max_queue ({self.max_queue}) must be at least "
+                             f"max_batch_size ({self.max_batch_size})")
+        if self.model is None:
+            self.to_model_config()  # unknown backbone, bad input size: fail now
+        return self
+
+    def to_model_config(self) -> ModelConfig:
+        """The network to build when no SavedModel is given."""
+        return ModelConfig(backbone=self.backbone, output_stride=self.output_stride,
+                           num_classes=self.num_classes, head=self.head,
+                           input_size=self.input_size)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment (tests override the dependency)."""
+    return Settings()

@@ -1,0 +1,127 @@
+"""SavedModel export: the graph ``model.runner`` and the server load without tf-slim.
+
+The exported ``serving_default`` signature is documented in ``model.serving``.  The
+graph is built in TF1 graph mode (tf-slim's home), variables are initialised with a
+fixed seed, then restored from a checkpoint when one is given.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import tensorflow as tf
+
+from model import checkpoints, network
+from model.config import PRECISIONS, ModelConfig
+from model.labels import class_labels, voc_colormap
+from model.serving import INPUT_IMAGES, INPUT_SIZES, OUTPUT_LABELS, SIGNATURE_NAME, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS = "random"
+
+
+class UntrainedModelWarning(UserWarning):
+    """The exported head (or whole network) was never trained: its masks are noise."""
+
+
+def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
+                       checkpoint: str | Path | None = None, precision: str = "fp32",
+                       seed: int = 0, overwrite: bool = False) -> ModelMetadata:
+    """Builds the inference graph, restores weights and writes a SavedModel.
+
+    Args:
+        config: the network configuration.
+        out_dir: SavedModel directory to create (written atomically).
+        checkpoint: weights to restore; None keeps the seeded random initialisation.
+        precision: compute dtype, ``fp32``, ``fp16`` or ``bf16`` (variables stay fp32).
+        seed: graph-level seed of the random initialisation.
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        the metadata written beside the SavedModel.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    size = config.input_size
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        images = tf.compat.v1.placeholder(tf.uint8, [None, size, size, 3], name=INPUT_IMAGES)
+        sizes = tf.compat.v1.placeholder(tf.int32, [None, 2], name=INPUT_SIZES)
+        labels = network.predict_labels(images, sizes, config,
+                                        dtype=network.COMPUTE_DTYPES[precision])
+        labels = tf.identity(labels, name=OUTPUT_LABELS)
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            if checkpoint is None:
+                trained, weights = False, RANDOM_WEIGHTS
+                warnings.warn(f"no checkpoint: exporting {config.backbone} with random weights "
+                              f"(seed {seed}); its masks are meaningless",
+                              UntrainedModelWarning, stacklevel=2)
+            else:
+                report = checkpoints.restore(session, checkpoint, config)
+                trained, weights = report.trained, report.checkpoint
+                if not trained:
+                    warnings.warn(f"{report.checkpoint} has no segmentation head: the head is "
+                                  "randomly initialised", UntrainedModelWarning, stacklevel=2)
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+            staging.rmdir()  # the builder insists on creating the directory itself
+            builder = tf.compat.v1.saved_model.Builder(str(staging))
+            signature = tf.compat.v1.saved_model.predict_signature_def(
+                inputs={INPUT_IMAGES: images, INPUT_SIZES: sizes},
+                outputs={OUTPUT_LABELS: labels})
+            builder.add_meta_graph_and_variables(
+                session, [tf.saved_model.SERVING],
+                signature_def_map={SIGNATURE_NAME: signature}, strip_default_attrs=True)
+            builder.save()
+    metadata = ModelMetadata(
+        backbone=config.backbone, output_stride=config.output_stride,
+        num_classes=config.num_classes, head=config.head, input_size=config.input_size,
+        precision=precision, trained=trained, weights=weights,
+        labels=tuple(class_labels(config.num_classes)),
+        colors=tuple(tuple(int(c) for c in rgb) for rgb in voc_colormap(config.num_classes)),
+        tensorflow_version=tf.__version__,
+    )
+    metadata.write(staging)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    log.info("exported %s to %s", config.backbone, out_dir)
+    return metadata
+
+
+def cache_key(config: ModelConfig, checkpoint: str | Path | None, precision: str) -> str:
+    """A name that changes whenever the export would: config, precision, checkpoint files."""
+    fingerprint: dict[str, object] = {"config": dataclasses.asdict(config),
+                                      "precision": precision, "tf": tf.__version__}
+    if checkpoint is not None:
+        path = Path(checkpoints.resolve_checkpoint(checkpoint))
+        files = sorted(p for p in path.parent.glob(path.name + "*") if p.is_file())
+        fingerprint["checkpoint"] = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+                                     for p in files]
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    return f"{config.backbone}-os{config.output_stride}-{precision}-{digest[:16]}"
+
+
+def cached_export(config: ModelConfig, cache_dir: str | Path, *,
+                  checkpoint: str | Path | None = None, precision: str = "fp32") -> Path:
+    """Exports once per (config, checkpoint, precision) into ``cache_dir`` and reuses it."""
+    target = Path(cache_dir).expanduser() / cache_key(config, checkpoint, precision)
+    try:
+        ModelMetadata.read(target)
+        log.info("using cached SavedModel %s", target)
+    except ValueError:
+        export_saved_model(config, target, checkpoint=checkpoint, precision=precision,
+                           overwrite=True)
+    return target
