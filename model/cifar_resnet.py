@@ -2,7 +2,9 @@
 
 Three stages of pre-activation units with 16/32/64 filters (or bottlenecks with
 64/128/256 outputs) and strides 1/2/2; the first unit activates before the residual
-split, so its shortcut also sees the normalised input.  A stride-4 stem (3x3 conv,
+split, so its shortcut also sees the normalised input.  A unit's stride sits in its
+last 3x3 convolution (the official model strides the first), which keeps atrous
+units exact.  A stride-4 stem (3x3 conv,
 3x3 max-pool) puts the nominal stride at 16, and ``stack_blocks_dense`` makes the
 units atrous for output stride 8, exactly as in the slim ResNets.
 """
@@ -35,10 +37,12 @@ def unit(inputs: Any, depth: int, depth_bottleneck: int, stride: int, rate: int 
             residual = slim.conv2d(residual, depth, [1, 1], normalizer_fn=None,
                                    activation_fn=None, scope="conv3")
         else:
-            residual = resnet_utils.conv2d_same(preact, depth, 3, stride, rate=rate,
-                                                scope="conv1")
-            residual = slim.conv2d(residual, depth, [3, 3], rate=rate, normalizer_fn=None,
-                                   activation_fn=None, scope="conv2")
+            # The stride sits in the last spatial convolution, as in slim's bottleneck, so
+            # that a strided unit equals its atrous (dense) twin subsampled.
+            residual = slim.conv2d(preact, depth, [3, 3], rate=rate, scope="conv1")
+            with slim.arg_scope([slim.conv2d], normalizer_fn=None, activation_fn=None):
+                residual = resnet_utils.conv2d_same(residual, depth, 3, stride, rate=rate,
+                                                    scope="conv2")
         output = shortcut + residual
         return slim.utils.collect_named_outputs(outputs_collections, sc.name, output)
 
