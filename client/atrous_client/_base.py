@@ -1,0 +1,257 @@
+"""What the sync and async clients share: configuration, retry policy, request building and
+response decoding.  Everything here is free of I/O; the subclasses only send and sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AtrousError,
+    status_error_class,
+)
+from ._images import ImageInput, decode_mask, encode_input
+from ._types import (
+    Format,
+    ModelInfo,
+    Segmentation,
+    classes_from_json,
+    classes_from_mask,
+)
+from ._version import __version__
+
+log = logging.getLogger("atrous_client")
+
+ENV_BASE_URL = "ATROUS_URL"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 2
+
+RETRY_STATUSES = frozenset({429, 503, 504})
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+# A server asking for a longer pause than this is not coming back soon: fail now rather than
+# block the caller for minutes, and never retry sooner than it asked.
+MAX_RETRY_AFTER = 60.0
+FORMATS: tuple[Format, ...] = ("png", "json")
+
+# Transport failures worth another try.  Others (an unsupported URL scheme, a local protocol
+# error) would fail the same way again.
+_RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError,
+                               httpx.RemoteProtocolError)
+
+_HttpxClientT = TypeVar("_HttpxClientT", httpx.Client, httpx.AsyncClient)
+
+
+class BaseClient(Generic[_HttpxClientT]):
+    """Configuration and policy shared by ``AtrousClient`` and ``AsyncAtrousClient``."""
+
+    _client: _HttpxClientT
+    base_url: httpx.URL
+    timeout: httpx.Timeout
+    max_retries: int
+
+    def __init__(self, *, base_url: str | httpx.URL | None, timeout: float | httpx.Timeout,
+                 max_retries: int) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        # An explicit argument beats the environment, which beats the local default.
+        url = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+        self.base_url = httpx.URL(str(url))
+        if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
+            raise ValueError(f"base_url must be an http(s) URL, got {str(url)!r}")
+        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self.max_retries = max_retries
+        self._model_info: ModelInfo | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={str(self.base_url)!r})"
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether ``close()`` (or the ``with`` block) has released the connections."""
+        return self._client.is_closed
+
+    def _default_headers(self) -> dict[str, str]:
+        return {"User-Agent": f"atrous-client/{__version__}"}
+
+    def _build_request(self, method: str, path: str, *, content: bytes | None = None,
+                       params: Mapping[str, str] | None = None,
+                       headers: Mapping[str, str] | None = None,
+                       timeout: httpx.Timeout | None = None) -> httpx.Request:
+        # One id per logical call, kept across retries, so the server's log ties them together.
+        all_headers = {"X-Request-ID": uuid.uuid4().hex, **(headers or {})}
+        return self._client.build_request(
+            method, path, content=content, params=params, headers=all_headers,
+            timeout=timeout if timeout is not None else self.timeout)
+
+    @staticmethod
+    def _segment_parts(image: ImageInput, format: str) -> tuple[bytes, dict[str, str],
+                                                                   dict[str, str]]:
+        """Body, headers and query of ``POST /segment``; raises before any I/O on bad input."""
+        check_format(format)
+        body, content_type = encode_input(image)
+        accept = "image/png" if format == "png" else "application/json"
+        return body, {"Content-Type": content_type, "Accept": accept}, {"format": format}
+
+    # Retry policy ---------------------------------------------------------------------------
+
+    def _retry_delay(self, attempt: int, max_retries: int,
+                     response: httpx.Response | None) -> float | None:
+        """Seconds to sleep before retrying after failed attempt ``attempt`` (0-based), or None.
+
+        ``response`` is None after a transport error.  Retry-After (seconds or an HTTP date) is
+        honoured exactly, plus up to 10% so that clients told the same pause do not return
+        in lockstep; without it the delay grows 0.5, 1, 2, ... 8 s with jitter.
+        """
+        if attempt >= max_retries:
+            return None
+        if response is not None:
+            if response.status_code not in RETRY_STATUSES:
+                return None
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None:
+                if retry_after > MAX_RETRY_AFTER:
+                    return None
+                return retry_after * (1.0 + 0.1 * random.random())
+        backoff = min(INITIAL_RETRY_DELAY * 2.0 ** attempt, MAX_RETRY_DELAY)
+        return backoff * (0.5 + 0.5 * random.random())
+
+    @staticmethod
+    def _is_retryable_transport_error(exc: httpx.TransportError) -> bool:
+        return isinstance(exc, _RETRYABLE_TRANSPORT_ERRORS)
+
+    @staticmethod
+    def _connection_error(exc: httpx.TransportError,
+                          request: httpx.Request) -> APIConnectionError:
+        cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+        what = "timed out" if cls is APITimeoutError else "failed"
+        return cls(f"{request.method} {request.url} {what}: {exc!r}")
+
+    # Responses ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _status_error(response: httpx.Response) -> APIStatusError:
+        code, message, request_id = _parse_envelope(response)
+        return status_error_class(response.status_code)(
+            message, response=response, code=code,
+            request_id=request_id or response.headers.get("X-Request-ID"))
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as e:
+            raise AtrousError(f"the server sent invalid JSON: {e}",
+                              status_code=response.status_code,
+                              request_id=response.headers.get("X-Request-ID")) from None
+
+    def _segmentation(self, response: httpx.Response, format: str,
+                      labels: tuple[str, ...]) -> Segmentation:
+        request_id = response.headers.get("X-Request-ID")
+        timings = parse_server_timing(response.headers.get("Server-Timing"))
+        if format == "png":
+            mask = decode_mask(response.content)
+            classes = classes_from_mask(mask, labels)
+        else:
+            body = self._json(response)
+            try:
+                mask = decode_mask(base64.b64decode(body["mask_png"], validate=True))
+                classes = classes_from_json(body["classes"])
+                size = (int(body["height"]), int(body["width"]))
+            except (KeyError, TypeError, ValueError, binascii.Error) as e:
+                raise AtrousError(f"unexpected /segment JSON: {e!r}", request_id=request_id,
+                                  status_code=response.status_code) from None
+            if mask.shape != size:
+                raise AtrousError(f"mask_png is {mask.shape[1]}×{mask.shape[0]} but the JSON "
+                                  f"says {size[1]}×{size[0]}", request_id=request_id,
+                                  status_code=response.status_code)
+        return Segmentation(mask=mask, labels=labels, classes=classes, request_id=request_id,
+                            timings=timings)
+
+    def _model_info_from(self, response: httpx.Response) -> ModelInfo:
+        try:
+            info = ModelInfo.from_json(self._json(response))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise AtrousError(f"unexpected /v1/model JSON: {e!r}",
+                              request_id=response.headers.get("X-Request-ID")) from None
+        self._model_info = info
+        return info
+
+
+def check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+
+
+def check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent
+    or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return max(seconds, 0.0)
+
+
+def parse_server_timing(value: str | None) -> dict[str, float]:
+    """``decode;dur=1.2, inference;dur=690.1`` -> ``{"decode": 1.2, "inference": 690.1}``;
+    metrics without a readable ``dur`` are left out."""
+    timings: dict[str, float] = {}
+    for metric in (value or "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        for param in params:
+            key, _, raw = param.partition("=")
+            if name and key.strip().lower() == "dur":
+                try:
+                    timings[name] = float(raw.strip().strip('"'))
+                except ValueError:
+                    pass
+    return timings
+
+
+def _parse_envelope(response: httpx.Response) -> tuple[str | None, str, str | None]:
+    """(code, message, request_id) from the error envelope, tolerating bodies without one."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        request_id = body.get("request_id")
+        request_id = str(request_id) if request_id else None
+        if isinstance(error, dict) and error.get("message"):
+            code = error.get("code")
+            return (str(code) if code else None), str(error["message"]), request_id
+        if "detail" in body:  # a framework default that escaped the envelope
+            return None, str(body["detail"]), request_id
+    text = response.text.strip()
+    return None, (text[:500] if text else response.reason_phrase or "error"), None

@@ -1,0 +1,174 @@
+"""Typed results: what ``segment`` and ``model_info`` return."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+from PIL import Image
+
+from ._images import ImageInput, blend, mask_to_image, open_input
+
+Format: TypeAlias = Literal["png", "json"]
+"""How ``segment`` asks for the mask: ``png`` (default, smallest response; per-class
+statistics computed here) or ``json`` (statistics computed by the server)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassInfo:
+    """One class present in a mask."""
+
+    id: int
+    label: str
+    pixels: int
+    fraction: float
+    """``pixels`` over width × height."""
+    bbox: tuple[int, int, int, int]
+    """``(x_min, y_min, width, height)`` in pixels, as in the HTTP API."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelClass:
+    """One class the served model knows."""
+
+    id: int
+    label: str
+    color: tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """``GET /v1/model``: what the server runs.  ``raw`` keeps the whole JSON body."""
+
+    backbone: str
+    output_stride: int
+    input_size: int
+    num_classes: int
+    classes: tuple[ModelClass, ...]
+    head: str | None = None
+    weights: str | None = None
+    trained: bool | None = None
+    precision: str | None = None
+    device: str | None = None
+    tensorflow_version: str | None = None
+    batching: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Label of every class id, ``labels[id]``."""
+        by_id = {c.id: c.label for c in self.classes}
+        return tuple(by_id.get(i, f"class_{i}") for i in range(self.num_classes))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelInfo:
+        classes = tuple(
+            ModelClass(id=int(c["id"]), label=str(c["label"]),
+                       color=(int(c["color"][0]), int(c["color"][1]), int(c["color"][2])))
+            for c in data["classes"]
+        )
+        return cls(
+            backbone=str(data["backbone"]),
+            output_stride=int(data["output_stride"]),
+            input_size=int(data["input_size"]),
+            num_classes=int(data.get("num_classes", len(classes))),
+            classes=classes,
+            head=data.get("head"),
+            weights=data.get("weights"),
+            trained=data.get("trained"),
+            precision=data.get("precision"),
+            device=data.get("device"),
+            tensorflow_version=data.get("tensorflow_version"),
+            batching=dict(data.get("batching") or {}),
+            raw=dict(data),
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Segmentation:
+    """The result of one ``segment`` call.
+
+    ``mask`` is the numpy view of the result: uint8 [height, width], one class id per input
+    pixel (read-only; ``.copy()`` it to edit).  ``classes`` lists the classes present, by id.
+    """
+
+    mask: np.ndarray
+    labels: tuple[str, ...]
+    """Label of every class id the model knows, ``labels[id]``."""
+    classes: tuple[ClassInfo, ...]
+    request_id: str | None = None
+    """The ``X-Request-ID`` the server answered with; quote it when reporting a problem."""
+    timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Server-side phases in milliseconds, from ``Server-Timing`` (decode, queue, inference,
+    encode)."""
+
+    def __post_init__(self) -> None:
+        # Frozen means frozen: the mask may be shared, so nobody edits it in place by accident.
+        self.mask.flags.writeable = False
+
+    def __repr__(self) -> str:
+        present = ", ".join(f"{c.label} {c.fraction:.1%}" for c in self.classes)
+        return (f"Segmentation({self.width}×{self.height}, classes=[{present}], "
+                f"request_id={self.request_id!r})")
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.mask.shape[0])
+
+    def to_image(self) -> Image.Image:
+        """The mask as an 8-bit palette image: pixel value = class id, VOC colours."""
+        return mask_to_image(self.mask)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes ``to_image()`` as a PNG: the same pixels and palette as the server's mask."""
+        self.to_image().save(path, format="PNG")
+
+    def overlay(self, image: ImageInput, alpha: float = 0.5) -> Image.Image:
+        """``image`` blended with the class colours, as an RGB PIL image.
+
+        ``image`` is any input ``segment`` accepts, normally the one that was segmented; paths
+        and bytes are EXIF-oriented like on the server.  It must have the mask's size.
+        """
+        return blend(open_input(image), self.mask, alpha)
+
+
+def classes_from_mask(mask: np.ndarray, labels: tuple[str, ...]) -> tuple[ClassInfo, ...]:
+    """Per-class pixel counts, fractions and boxes of a mask, ordered by id."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    total = max(mask.size, 1)
+    classes = []
+    for class_id in np.flatnonzero(counts):
+        present = mask == class_id
+        rows = np.flatnonzero(present.any(axis=1))
+        cols = np.flatnonzero(present.any(axis=0))
+        classes.append(ClassInfo(
+            id=int(class_id),
+            label=label_of(labels, int(class_id)),
+            pixels=int(counts[class_id]),
+            fraction=float(counts[class_id]) / total,
+            bbox=(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
+                  int(rows[-1] - rows[0] + 1)),
+        ))
+    return tuple(classes)
+
+
+def classes_from_json(items: list[Mapping[str, Any]]) -> tuple[ClassInfo, ...]:
+    """The server's ``classes`` array, typed."""
+    return tuple(
+        ClassInfo(id=int(c["id"]), label=str(c["label"]), pixels=int(c["pixels"]),
+                  fraction=float(c["fraction"]),
+                  bbox=(int(c["bbox"][0]), int(c["bbox"][1]), int(c["bbox"][2]),
+                        int(c["bbox"][3])))
+        for c in items
+    )
+
+
+def label_of(labels: tuple[str, ...], class_id: int) -> str:
+    return labels[class_id] if class_id < len(labels) else f"class_{class_id}"

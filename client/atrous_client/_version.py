@@ -1,0 +1,2 @@
+__title__ = "atrous-client"
+__version__ = "0.1.0"
