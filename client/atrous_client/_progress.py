@@ -51,7 +51,7 @@ def progress_bar(enabled: bool, total: int, desc: str = "segment") -> ProgressBa
     if not enabled:
         return NoProgress()
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         return LineProgress(total, desc)
     bar: ProgressBar = tqdm(total=total, desc=desc, unit="image")
