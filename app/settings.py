@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503s")
+    decode_concurrency: int = Field(
+        4, ge=1, le=64, description="images decoded/encoded at once (bounds their memory)")
+    gpu_memory_growth: bool = Field(True, description="allocate GPU memory as needed")
 
     # Input limits.
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)

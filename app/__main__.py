@@ -1,0 +1,5 @@
+"""``python -m app``: serve with settings from the ``ATROUS_*`` environment."""
+
+from app.main import serve
+
+serve()

@@ -1,0 +1,250 @@
+"""Coalesces concurrent requests into batched model calls, with backpressure.
+
+After ray serve's ``@serve.batch`` (``python/ray/serve/batching.py``), minus its two
+weak points: the queue here is bounded (a full queue refuses at once, the caller answers
+503 + Retry-After) and shutdown is an explicit, draining ``stop()`` rather than ``__del__``.
+
+* ``submit`` puts one letterboxed image in the queue and awaits its own future, with a
+  deadline; a caller that gives up (deadline, client gone) cancels the future, and the
+  worker drops cancelled items before they reach the model.
+* The worker takes the first waiting image, then waits at most ``max_delay_s`` for the
+  batch to fill to ``max_batch_size``, and runs the blocking model call in a dedicated
+  thread so the event loop keeps serving.
+* The model must return one result per image; each future gets its own result or the
+  batch's exception.  On an out-of-memory error the batch is split in halves and retried,
+  so only an image that fails on its own gets the error.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from app.errors import NotReadyError, QueueFullError, RequestTimeoutError
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    """One image's labels and where its time went."""
+
+    labels: np.ndarray  # uint8 [S, S]
+    queue_s: float  # submitted -> its batch started
+    inference_s: float  # the model call that included it
+    batch_size: int
+
+
+@dataclasses.dataclass(eq=False)
+class _Item:
+    image: np.ndarray
+    size: tuple[int, int]
+    future: asyncio.Future[BatchResult]
+    enqueued: float
+    deadline: float
+
+
+class Batcher:
+    """Bounded queue + one worker task + one model thread.
+
+    Args:
+        model: maps uint8 [N, S, S, 3] images and int32 [N, 2] sizes to [N, S, S] labels.
+        max_batch_size: most images per model call.
+        max_delay_s: how long the first image of a batch waits for company.
+        max_queue: most images waiting; beyond it ``submit`` raises ``QueueFullError``.
+        oom_errors: exception types that mean "too big a batch": the batch is split.
+        retry_after_s: the Retry-After a refused caller is given.
+        metrics: where to report batch sizes and queue depth (optional).
+    """
+
+    def __init__(self, model: ModelFn, *, max_batch_size: int, max_delay_s: float,
+                 max_queue: int, oom_errors: tuple[type[BaseException], ...] = (MemoryError,),
+                 retry_after_s: int = 1, metrics: Metrics | None = None) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s >= 0")
+        self._model = model
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._oom_errors = oom_errors
+        self._retry_after_s = retry_after_s
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._accepting = False
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue (not counting the batch on the model)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        """Starts the worker; call from the event loop that will submit."""
+        if self.running:
+            return
+        self._queue = asyncio.Queue(self.max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atrous-model")
+        self._worker = asyncio.create_task(self._work(), name="atrous-batcher")
+        self._accepting = True
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Refuses new work, lets queued work finish (up to ``timeout``), then stops."""
+        self._accepting = False
+        if self._queue is not None and self.running:
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout)
+            except TimeoutError:
+                log.warning("batcher: %d queued images abandoned at shutdown", self.depth)
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(NotReadyError("the server is shutting down",
+                                                            retry_after=self._retry_after_s))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._set_depth()
+
+    async def submit(self, image: np.ndarray, size: tuple[int, int], *,
+                     timeout: float) -> BatchResult:
+        """Queues one letterboxed image and waits for its labels.
+
+        Raises:
+            QueueFullError: the queue is full (answer 503 + Retry-After at once).
+            RequestTimeoutError: ``timeout`` seconds passed before the result.
+            NotReadyError: the batcher is stopped or stopping.
+        """
+        if not self._accepting or self._queue is None:
+            raise NotReadyError("the server is not accepting work",
+                                retry_after=self._retry_after_s)
+        now = time.monotonic()
+        item = _Item(image, size, asyncio.get_running_loop().create_future(), now, now + timeout)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise QueueFullError(f"{self.max_queue} images already queued",
+                                 retry_after=self._retry_after_s) from None
+        self._set_depth()
+        try:
+            async with asyncio.timeout(timeout):
+                # A cancelled wait cancels the future, which the worker then skips.
+                return await item.future
+        except TimeoutError:
+            raise RequestTimeoutError(f"no result within {timeout:g} s") from None
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            try:
+                await self._fill(batch)
+                self._set_depth()
+                live = self._live(batch)
+                if live:
+                    await self._run(live)
+            except asyncio.CancelledError:
+                for item in batch:
+                    item.future.cancel()
+                raise
+            except Exception:  # never let one batch kill the worker
+                log.exception("batcher: unexpected error")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(RuntimeError("batch failed"))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _fill(self, batch: list[_Item]) -> None:
+        assert self._queue is not None
+        flush_at = time.monotonic() + self.max_delay_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = flush_at - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
+            except TimeoutError:
+                return
+
+    def _live(self, batch: list[_Item]) -> list[_Item]:
+        """Drops items whose caller left or whose deadline passed while queued."""
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.future.done():
+                continue
+            if now >= item.deadline:
+                item.future.set_exception(RequestTimeoutError("the deadline passed in the queue"))
+                continue
+            live.append(item)
+        return live
+
+    async def _run(self, live: list[_Item]) -> None:
+        images = np.stack([item.image for item in live])
+        sizes = np.array([item.size for item in live], np.int32)
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(len(live))
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        outcomes = await loop.run_in_executor(self._executor, self._call, images, sizes)
+        inference_s = time.monotonic() - started
+        for item, outcome in zip(live, outcomes, strict=True):
+            if item.future.done():  # the caller left while the model ran
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(BatchResult(outcome, started - item.enqueued,
+                                                   inference_s, len(live)))
+
+    def _call(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray | BaseException]:
+        """The model call (worker thread), split in halves on out-of-memory errors."""
+        count = len(images)
+        try:
+            labels = self._model(images, sizes)
+        except self._oom_errors as e:
+            if count == 1:
+                log.error("batcher: out of memory on a single image: %s", e)
+                return [e]
+            half = count // 2
+            log.warning("batcher: out of memory on a batch of %d, retrying in halves", count)
+            return self._call(images[:half], sizes[:half]) + self._call(images[half:],
+                                                                        sizes[half:])
+        except Exception as e:  # noqa: BLE001 - every caller gets the batch's error
+            log.error("batcher: model call failed: %r", e)
+            return [e] * count
+        if len(labels) != count:
+            error = RuntimeError(f"the model returned {len(labels)} results for {count} images")
+            return [error] * count
+        return list(labels)
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self.depth)

@@ -1,0 +1,29 @@
+"""Per-request context kept in the ASGI scope: the request id."""
+
+import re
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SCOPE_KEY = "atrous.request_id"
+# What we accept from clients: short, printable, no separators that could split a log line.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def assign_request_id(scope: MutableMapping[str, Any]) -> str:
+    """The client's X-Request-ID if it is sane, else a fresh hex id; stored in the scope."""
+    supplied = None
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            supplied = value.decode("latin-1")
+            break
+    request_id = (supplied if supplied and _VALID_REQUEST_ID.fullmatch(supplied)
+                  else uuid.uuid4().hex)
+    scope[_SCOPE_KEY] = request_id
+    return request_id
+
+
+def request_id_of(scope: MutableMapping[str, Any]) -> str | None:
+    value = scope.get(_SCOPE_KEY)
+    return value if isinstance(value, str) else None

@@ -1,0 +1,88 @@
+"""The app factory, its lifespan, and ``serve`` (what ``atrous serve`` runs).
+
+    uvicorn --factory app.main:create_app       # settings from ATROUS_* variables
+    python -m app                               # the same through serve()
+"""
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.model_loader import load_segmenter
+from app.observability import ObservabilityMiddleware
+from app.routes import health, metrics, model_info, segment
+from app.service import Loader, Service
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+
+
+def create_app(settings: Settings | None = None, *, loader: Loader = load_segmenter) -> FastAPI:
+    """Builds the app; the model loads in the background once the server starts.
+
+    Args:
+        settings: validated settings; default ``get_settings()`` (the environment).
+        loader: settings -> warmed model; tests may pass a fake.
+    """
+    settings = settings or get_settings()
+    service = Service(settings, loader)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="atrous", version=API_VERSION, lifespan=lifespan,
+                  description="DeepLab-style semantic segmentation. See docs/http-api.md.")
+    app.state.service = service
+    app.dependency_overrides[get_settings] = lambda: settings
+    for router in (segment.router, health.router, model_info.router, metrics.router):
+        app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, metrics=service.metrics)
+    return app
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Runs the server until SIGTERM/SIGINT, then drains and returns (exit status 0).
+
+    Draining: ``/readyz`` turns 503, the listening socket closes, in-flight requests get
+    ``settings.shutdown_grace_s`` seconds to finish.  Exits 1 if the model failed to load.
+    """
+    import uvicorn
+
+    settings = settings or get_settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
+                            timeout_graceful_shutdown=settings.shutdown_grace_s,
+                            log_level="info")
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once it has shut down; with SIG_DFL that kills
+    # the process (status 143). A no-op handler turns a graceful SIGTERM into exit 0.
+    previous = signal.signal(signal.SIGTERM, _ignore)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    service: Service = app.state.service
+    if service.failure is not None:
+        raise SystemExit(1)
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's own "startup failed" status
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    return None

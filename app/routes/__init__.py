@@ -1,0 +1,1 @@
+"""One router per concern: segmentation, health, model information, metrics."""

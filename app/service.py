@@ -1,0 +1,178 @@
+"""The serving state of one app: loading -> ready -> draining, the model and its batcher.
+
+Loading (export, load, warm-up) runs in a background thread started by the lifespan,
+so that the server answers ``/healthz`` (200) and ``/readyz`` (503) while it happens.
+A SIGTERM flips the state to draining before uvicorn stops accepting, so ``/readyz``
+turns 503 at once and new ``/segment`` requests are refused while in-flight ones finish.
+"""
+
+import asyncio
+import enum
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from app.batcher import Batcher
+from app.errors import NotReadyError
+from app.metrics import Metrics
+from app.model_loader import LoadedModel, load_segmenter
+from app.settings import Settings
+from model.serving import ModelMetadata
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Loader = Callable[[Settings], LoadedModel]
+
+
+class Phase(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class Service:
+    """Holds what the routes need; one per app, created by ``create_app``."""
+
+    def __init__(self, settings: Settings, loader: Loader = load_segmenter) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.max_batch_size)
+        self.phase = Phase.LOADING
+        self.loaded: LoadedModel | None = None
+        self.batcher: Batcher | None = None
+        self.started_at = time.monotonic()
+        self._loader = loader
+        self._load_task: asyncio.Task[None] | None = None
+        self._limiter = anyio.CapacityLimiter(settings.decode_concurrency)
+        self._previous_handlers: dict[int, Any] = {}
+        self.failure: BaseException | None = None
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        if self.loaded is None:
+            raise self.not_ready()
+        return self.loaded.segmenter.metadata
+
+    def not_ready(self) -> NotReadyError:
+        reason = {Phase.LOADING: "the model is loading and warming up",
+                  Phase.DRAINING: "the server is shutting down",
+                  Phase.FAILED: "the model failed to load"}.get(self.phase, "not ready")
+        return NotReadyError(reason, retry_after=self.settings.retry_after_s)
+
+    def require_ready(self) -> Batcher:
+        """The batcher, or ``NotReadyError`` (503 + Retry-After)."""
+        if self.phase is not Phase.READY or self.batcher is None:
+            raise self.not_ready()
+        return self.batcher
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs CPU work (decode, encode) in a thread, a bounded number at a time."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def start(self) -> None:
+        """Installs the drain-on-SIGTERM hook and starts loading in the background."""
+        self._chain_signal_handlers()
+        self._load_task = asyncio.create_task(self._load(), name="atrous-load")
+
+    async def _load(self) -> None:
+        try:
+            loaded = await _in_daemon_thread(self._loader, self.settings)
+            batcher = Batcher(loaded.segmenter, max_batch_size=self.settings.max_batch_size,
+                              max_delay_s=self.settings.max_batch_delay_ms / 1000,
+                              max_queue=self.settings.max_queue, oom_errors=loaded.oom_errors,
+                              retry_after_s=self.settings.retry_after_s, metrics=self.metrics)
+            await batcher.start()
+        except Exception as e:  # noqa: BLE001 - reported, then the process stops
+            self.failure = e
+            self.phase = Phase.FAILED
+            log.critical("model loading failed: %s", e, exc_info=e)
+            self._stop_process()
+            return
+        self.loaded, self.batcher = loaded, batcher
+        if self.phase is Phase.LOADING:
+            self.phase = Phase.READY
+            self.metrics.ready.set(1)
+            log.info("ready: %s on %s, %.1f s after start", loaded.path, loaded.device,
+                     time.monotonic() - self.started_at)
+
+    async def stop(self) -> None:
+        """Drains the batcher (up to the grace period) and releases the model."""
+        self.mark_draining()
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop(timeout=self.settings.shutdown_grace_s)
+        self._restore_signal_handlers()
+
+    def mark_draining(self) -> None:
+        if self.phase is not Phase.FAILED:
+            self.phase = Phase.DRAINING
+        self.metrics.ready.set(0)
+
+    # SIGTERM: uvicorn's own handler (installed before the lifespan runs) stops accepting
+    # and waits for in-flight requests; ours runs first and flips /readyz to 503.
+    def _chain_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # in-process test clients: no signals
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            self._previous_handlers[sig] = previous
+
+            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                log.info("signal %d: draining", signum)
+                self.mark_draining()
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(sig, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, previous in self._previous_handlers.items():
+            if signal.getsignal(sig) is not previous and previous is not None:
+                try:
+                    signal.signal(sig, previous)
+                except (ValueError, TypeError):
+                    pass
+        self._previous_handlers.clear()
+
+    def _stop_process(self) -> None:
+        """After a failed load, asks the server to shut down (``serve`` then exits 1)."""
+        previous = self._previous_handlers.get(signal.SIGTERM)
+        if callable(previous):
+            previous(signal.SIGTERM, None)
+
+
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Like ``asyncio.to_thread``, but a daemon thread: a SIGTERM during a 30 s export
+    must not keep the process alive until the export ends."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed while we worked: nobody is waiting
+            pass
+
+    threading.Thread(target=target, name="atrous-load", daemon=True).start()
+    return await future
