@@ -23,7 +23,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from model.backbones import get_backbone
+from model.backbones import BACKBONES, get_backbone
 from model.config import ModelConfig
 from model.network import LOGITS_BRANCH, LOGITS_SCOPE, head_scopes
 
@@ -49,6 +49,11 @@ class CheckpointMismatchError(CheckpointError):
         self.missing, self.unexpected, self.misshaped = missing, unexpected, misshaped
         lines = [f"checkpoint {checkpoint} does not match {config.backbone} "
                  f"(head={config.head}, num_classes={config.num_classes}):"]
+        others = sorted({name.split("/")[0] for name in unexpected} & set(BACKBONES)
+                        - {config.backbone})
+        if others:
+            lines.append(f"  it holds a {', '.join(others)} backbone; "
+                         f"pass --backbone {others[0]} to use it")
         for title, names in (("missing from the checkpoint", missing),
                              ("unexpected in the checkpoint", unexpected),
                              ("wrong shape", misshaped)):

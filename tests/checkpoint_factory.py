@@ -1,0 +1,116 @@
+"""Checkpoints that tests make under the official variable names (no downloads here).
+
+``write_checkpoint`` builds the real network, optionally hand-sets its weights, renames
+the head to the slim layout when asked, and saves in the V1 (single file, as in the
+published slim tarballs) or V2 (index/data) format.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from model import network
+from model.config import ModelConfig
+
+# Hand-set "colour routing" network: the stem copies +RGB and -RGB (after mean
+# subtraction) into six channels, every shortcut passes them on, every residual branch
+# is zero and batch norm is the identity, so the features are the input colours.
+# The head then votes: red -> person (15), green -> aeroplane (1), blue -> car (7),
+# anything dark or the mean-pixel padding -> background (0).
+ROUTED_CLASSES = {(255, 0, 0): 15, (0, 255, 0): 1, (0, 0, 255): 7, (0, 0, 0): 0}
+
+
+def color_routing_value(name: str, shape: list[int]) -> np.ndarray | None:
+    value = np.zeros(shape, np.float32)
+    leaf = name.rsplit("/", 1)[-1]
+    if leaf in ("gamma", "moving_variance"):
+        return np.ones(shape, np.float32)
+    if leaf in ("beta", "moving_mean"):
+        return value
+    if name.endswith("conv1/weights") and name.count("/") == 2:  # the stem, resnet_v1_*/conv1
+        centre = shape[0] // 2
+        for c in range(3):
+            value[centre, centre, c, c] = 1.0
+            value[centre, centre, c, 3 + c] = -1.0
+        return value
+    if name.endswith("shortcut/weights"):
+        for c in range(6):
+            value[0, 0, c, c] = 1.0
+        return value
+    if name == "logits/semantic/weights":
+        for channel, cls in enumerate((15, 1, 7)):
+            value[0, 0, channel, cls] = 1.0
+        return value
+    if name == "logits/semantic/biases":
+        value[0] = 50.0  # background wins unless a colour channel is strong
+        return value
+    if leaf == "weights":
+        return value
+    return None
+
+
+def write_checkpoint(
+    config: ModelConfig,
+    path: str | Path,
+    *,
+    layout: str = "deeplab",
+    version: str = "V2",
+    values: Callable[[str, list[int]], np.ndarray | None] | None = None,
+    head: bool = True,
+    imagenet_classes: int | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    seed: int = 1,
+) -> str:
+    """Builds ``config``'s network, sets weights and saves a checkpoint at ``path``.
+
+    Args:
+        layout: ``deeplab`` (``logits/semantic/*``) or ``slim`` (``<backbone>/logits/*``).
+        version: ``V1`` (one file) or ``V2`` (index + data).
+        values: name, shape -> value (None keeps the seeded random initialisation).
+        head: save the head variables.
+        imagenet_classes: replace the head by a slim ImageNet classifier of that width.
+        extra: more variables to save (e.g. ``global_step``).
+
+    Returns:
+        the checkpoint path to pass to the loader.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        images = tf.compat.v1.placeholder(tf.float32, [1, config.input_size, config.input_size, 3])
+        network.segmentation_logits(images, config, is_training=False)
+        variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+        heads = network.head_scopes(config)
+        to_save = {}
+        for name, variable in variables.items():
+            in_head = name.split("/")[0] in heads
+            if in_head and (not head or imagenet_classes):
+                continue
+            saved_name = name
+            if in_head and layout == "slim":
+                saved_name = name.replace("logits/semantic/", f"{config.backbone}/logits/")
+            to_save[saved_name] = variable
+        if imagenet_classes:
+            depth = variables["logits/semantic/weights"].shape.as_list()[2]
+            to_save[f"{config.backbone}/logits/weights"] = tf.Variable(
+                tf.random.normal([1, 1, depth, imagenet_classes]), name="imagenet_w")
+            to_save[f"{config.backbone}/logits/biases"] = tf.Variable(
+                tf.zeros([imagenet_classes]), name="imagenet_b")
+        for name, value in (extra or {}).items():
+            to_save[name] = tf.Variable(value, name=name.replace("/", "_"))
+        write_version = (tf.compat.v1.train.SaverDef.V1 if version == "V1"
+                         else tf.compat.v1.train.SaverDef.V2)
+        saver = tf.compat.v1.train.Saver(to_save, write_version=write_version)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            if values is not None:
+                for name, variable in variables.items():
+                    value = values(name, variable.shape.as_list())
+                    if value is not None:
+                        variable.load(value, session)
+            saver.save(session, str(path), write_meta_graph=False)
+    return str(path)
