@@ -21,8 +21,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from atrous_client import (
     AsyncAtrousClient,
     AtrousClient,
@@ -30,6 +28,7 @@ from atrous_client import (
     Segmentation,
     UnsupportedMediaTypeError,
 )
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
