@@ -1,15 +1,16 @@
 """The SDK against a real server: a uvicorn process on loopback serving a tiny SavedModel.
 
 The model (cifar_resnet_20, 129×129 input, random weights) is exported once per module in
-a subprocess, so this test process never imports TensorFlow.  Batches are of one image, so
-that a mask cannot depend on which other images shared its batch.
+a subprocess, so this test process never imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -53,15 +54,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("atrous-e2e")
-    model_dir = workdir / "model"
-    subprocess.run([sys.executable, "-c", EXPORT, str(model_dir)], cwd=ROOT, check=True,
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("atrous-e2e") / "model"
+    subprocess.run([sys.executable, "-c", EXPORT, str(path)], cwd=ROOT, check=True,
                    capture_output=True, timeout=120)
+    return path
+
+
+@contextlib.contextmanager
+def _running_server(model_dir: Path, **settings: str) -> Iterator[str]:
+    """A uvicorn process serving ``model_dir`` on a free loopback port, until ready."""
     port = _free_port()
-    log_path = workdir / "server.log"
-    env = {**os.environ, "ATROUS_MODEL": str(model_dir), "ATROUS_MAX_BATCH_SIZE": "1",
-           "ATROUS_MAX_QUEUE": "64", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log_path = model_dir.parent / f"server-{port}.log"
+    env = {**os.environ, "ATROUS_MODEL": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
+           **{f"ATROUS_{key.upper()}": value for key, value in settings.items()}}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
@@ -83,6 +89,13 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server_url(model_dir: Path) -> Iterator[str]:
+    # Batches of one: a mask cannot depend on which other images shared its batch.
+    with _running_server(model_dir, max_batch_size="1", max_queue="64") as url:
+        yield url
 
 
 def _ready(client: AtrousClient) -> bool:
@@ -233,3 +246,18 @@ def test_model_info_health_ready(client: AtrousClient) -> None:
     assert client.health() is True
     assert client.ready() is True
     client.wait_until_ready(timeout=5)
+
+
+def test_queue_full_is_retried_until_every_image_is_through(
+        model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A queue of one: most of twelve simultaneous uploads are refused with 503 queue_full and
+    # Retry-After, and the client's retries must carry every one of them through.
+    pictures = [_picture(seed=i) for i in range(12)]
+    with _running_server(model_dir, max_batch_size="1", max_queue="1",
+                         max_batch_delay_ms="50") as url:
+        with AtrousClient(url, max_retries=20, timeout=30) as busy:
+            with caplog.at_level(logging.INFO, logger="atrous_client"):
+                results = busy.segment_many(pictures, concurrency=12)
+    assert [type(r).__name__ for r in results] == ["Segmentation"] * 12
+    retried = [r for r in caplog.records if "answered 503; retrying" in r.getMessage()]
+    assert retried, "no 503 was provoked: the test proved nothing"

@@ -128,7 +128,7 @@ class Segmentation:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes ``to_image()`` as a PNG: the same pixels and palette as the server's mask."""
-        self.to_image().save(path, format="PNG")
+        self.to_image().save(path, format="PNG", compress_level=1)  # as the server does
 
     def overlay(self, image: ImageInput, alpha: float = 0.5) -> Image.Image:
         """``image`` blended with the class colours, as an RGB PIL image.
