@@ -109,10 +109,12 @@ def _class_rle(runs: tuple[np.ndarray, np.ndarray, np.ndarray], class_id: int,
 def _compress_counts(counts: np.ndarray) -> str:
     """pycocotools' ``rleToString``, vectorised: LEB128-like, 5 bits per char from '0'.
 
-    Each count from the third on is stored as the difference to the count two before.
+    Each count from the fourth on (``i > 2`` in the C code) is stored as the difference
+    to the count two before.
     """
-    values = counts.astype(np.int64).copy()
-    values[2:] -= counts[:-2]
+    counts = counts.astype(np.int64)
+    values = counts.copy()
+    values[3:] -= counts[1:-2]
     chars = np.zeros((len(values), 14), np.uint8)  # 64 bits / 5 per char
     keep = np.zeros_like(chars, dtype=bool)
     active = np.ones(len(values), bool)

@@ -110,12 +110,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AtrousError)
     async def _domain(request: Request, exc: AtrousError) -> JSONResponse:
+        _count_rejection(request, exc.code)
         return error_response(exc, request_id_of(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(ValidationError(_summarise(exc.errors())),
-                              request_id_of(request.scope))
+        error = ValidationError(_summarise(exc.errors()))
+        _count_rejection(request, error.code)
+        return error_response(error, request_id_of(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -140,6 +142,12 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("unhandled error in %s %s (request %s)", request.method, request.url.path,
                   request_id, exc_info=exc)
         return error_response(InternalError(), request_id)
+
+
+def _count_rejection(request: Request, code: str) -> None:
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        service.metrics.rejections.labels(reason=code).inc()
 
 
 def _summarise(errors: Any) -> str:
