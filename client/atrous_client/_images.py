@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import io
 import os
-from typing import IO, TypeAlias, Union
+from typing import IO, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ._exceptions import AtrousError
 
-ImageInput: TypeAlias = Union[
-    str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray
-]
+ImageInput: TypeAlias = (
+    str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
+)
 """What ``segment`` accepts: a path, encoded bytes, a binary file object, a PIL image, or a
 uint8 array (H×W×3 RGB or H×W grayscale)."""
 
