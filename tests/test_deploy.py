@@ -372,10 +372,17 @@ def test_dockerfile_copies_exist_and_survive_dockerignore(dockerfile: Dockerfile
         assert dockerignored(unwanted, patterns), unwanted
 
 
+def top_level_packages(project: dict[str, Any]) -> set[str]:
+    """Top-level packages the wheel holds: an explicit list or ``packages.find`` includes."""
+    packages = project["tool"]["setuptools"]["packages"]
+    names = packages["find"]["include"] if isinstance(packages, dict) else packages
+    return {name.split(".")[0] for name in names}
+
+
 def test_dockerfile_installs_what_pyproject_packages(dockerfile: Dockerfile) -> None:
     project = pyproject()
     copied = {PurePosixPath(src).parts[0] for srcs, _ in dockerfile.copies() for src in srcs}
-    for package in project["tool"]["setuptools"]["packages"]:
+    for package in top_level_packages(project):
         assert package in copied, f"package {package} is not copied into the image"
     readme = project["project"].get("readme")
     if isinstance(readme, str):
@@ -387,6 +394,21 @@ def test_dockerfile_installs_what_pyproject_packages(dockerfile: Dockerfile) -> 
     dep_install = next(i for i, (kw, rest) in enumerate(order)
                        if kw == "RUN" and "pip install" in rest)
     assert dep_install < first_source
+
+
+def test_wheel_includes_every_subpackage(dockerfile: Dockerfile) -> None:
+    # The image runs the installed wheel, not the source tree: a subpackage that setuptools
+    # leaves out (an explicit `packages` list without it) is missing in the container.
+    packages = pyproject()["tool"]["setuptools"]["packages"]
+    if isinstance(packages, dict):  # packages.find discovers subpackages itself
+        return
+    copied = {PurePosixPath(src).parts[0] for srcs, _ in dockerfile.copies() for src in srcs}
+    for top in copied & {p.split(".")[0] for p in packages}:
+        found = {init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+                 for init in (ROOT / top).rglob("__init__.py")}
+        assert found <= set(packages), (
+            f"pyproject [tool.setuptools] packages leaves out {sorted(found - set(packages))}; "
+            "use [tool.setuptools.packages.find] or list them")
 
 
 def test_dockerfile_keeps_the_base_tensorflow(dockerfile: Dockerfile) -> None:
@@ -980,6 +1002,15 @@ def test_healthcheck_script_fails_when_nothing_listens() -> None:
 # ---------------------------------------------------------------------------------------- docs
 
 
+def test_metric_names_in_deploy_files_exist() -> None:
+    source = (ROOT / "app/metrics.py").read_text()
+    texts = [DOCS.read_text(), *(p.read_text() for p in K8S.glob("*.yaml"))]
+    named = {m for text in texts for m in re.findall(r"\batrous_[a-z_]+\b", text)}
+    assert named, "no metric named: the HPA notes point at one"
+    for metric in named:
+        assert f'"{metric}"' in source, f"{metric} is not a metric in app/metrics.py"
+
+
 def test_docs_name_real_files_and_commands() -> None:
     text = DOCS.read_text()
     for path in set(re.findall(r"(?<![\w/.])((?:deploy|docs)/[\w./-]+\w)", text)):
@@ -992,8 +1023,8 @@ def test_docs_name_real_files_and_commands() -> None:
     assert "kubectl apply -k deploy/k8s" in text
     # A bare `docker run` must give the container longer than the server's drain.
     commands = re.sub(r"\\\n\s*", " ", text).splitlines()
-    runs = [line for line in commands if line.lstrip().startswith("docker run ")]
-    assert runs, "docs/deploy.md shows no docker run command"
+    runs = [line for line in commands if line.lstrip().startswith("docker run -d ")]
+    assert runs, "docs/deploy.md shows no long-running docker run command"
     server_s = max(default("shutdown_grace_s"), default("request_timeout_s"))
     for run in runs:
         stop = re.search(r"--stop-timeout[ =](\d+)", run)
