@@ -24,15 +24,18 @@ log = logging.getLogger(__name__)
 API_VERSION = "1"
 
 
-def create_app(settings: Settings | None = None, *, loader: Loader = load_segmenter) -> FastAPI:
+def create_app(settings: Settings | None = None, *, loader: Loader = load_segmenter,
+               handle_signals: bool = True) -> FastAPI:
     """Builds the app; the model loads in the background once the server starts.
 
     Args:
         settings: validated settings; default ``get_settings()`` (the environment).
         loader: settings -> warmed model; tests may pass a fake.
+        handle_signals: chain a SIGTERM/SIGINT hook (flip ``/readyz`` to 503) in front
+            of the server's own; in-process test clients pass False.
     """
     settings = settings or get_settings()
-    service = Service(settings, loader)
+    service = Service(settings, loader, handle_signals=handle_signals)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -42,8 +42,10 @@ class Phase(enum.Enum):
 class Service:
     """Holds what the routes need; one per app, created by ``create_app``."""
 
-    def __init__(self, settings: Settings, loader: Loader = load_segmenter) -> None:
+    def __init__(self, settings: Settings, loader: Loader = load_segmenter, *,
+                 handle_signals: bool = True) -> None:
         self.settings = settings
+        self._handle_signals = handle_signals
         self.metrics = Metrics(settings.max_batch_size)
         self.phase = Phase.LOADING
         self.loaded: LoadedModel | None = None
@@ -120,7 +122,7 @@ class Service:
     # SIGTERM: uvicorn's own handler (installed before the lifespan runs) stops accepting
     # and waits for in-flight requests; ours runs first and flips /readyz to 503.
     def _chain_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
             return  # in-process test clients: no signals
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous = signal.getsignal(sig)

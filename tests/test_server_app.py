@@ -1,0 +1,162 @@
+"""The app in-process, for the states a real model cannot be made to show on demand:
+still loading, failed to load, draining, and a model that raises (a 500)."""
+
+import asyncio
+import io
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from app.main import create_app
+from app.model_loader import LoadedModel
+from app.service import Phase
+from app.settings import Settings
+from model.labels import class_labels, voc_colormap
+from model.serving import ModelMetadata
+
+SIZE = 33
+METADATA = ModelMetadata(
+    backbone="fake", output_stride=16, num_classes=21, head="logits", input_size=SIZE,
+    precision="fp32", trained=False, weights="random", labels=tuple(class_labels(21)),
+    colors=tuple(tuple(int(c) for c in rgb) for rgb in voc_colormap(21)),
+    tensorflow_version="none")
+
+
+class ConstantSegmenter:
+    metadata = METADATA
+
+    def __init__(self, label: int = 15, error: Exception | None = None) -> None:
+        self.label, self.error = label, error
+
+    def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        if self.error is not None:
+            raise self.error
+        return np.full(images.shape[:3], self.label, np.uint8)
+
+
+def settings(**overrides) -> Settings:
+    return Settings(backbone="cifar_resnet_20", input_size=65, retry_after_s=2,
+                    max_batch_delay_ms=1, **overrides)
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def with_app(app, body):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await body(client, app)
+
+
+async def wait_for(predicate, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_not_ready_while_loading_then_ready():
+    release = threading.Event()
+
+    def slow_loader(_: Settings) -> LoadedModel:
+        release.wait(10)
+        return LoadedModel(ConstantSegmenter(), Path("/fake"), "CPU", (MemoryError,))
+
+    async def body(client, app):
+        loading = [await client.get("/readyz"), await client.post("/segment", content=png_bytes()),
+                   await client.get("/v1/model")]
+        health = await client.get("/healthz")
+        release.set()
+        await wait_for(lambda: app.state.service.phase is Phase.READY)
+        ready = [await client.get("/readyz"), await client.post("/segment", content=png_bytes())]
+        return loading, health, ready
+
+    loading, health, ready = asyncio.run(
+        with_app(create_app(settings(), loader=slow_loader, handle_signals=False), body))
+    for response in loading:
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "not_ready"
+        assert response.headers["retry-after"] == "2"
+    assert health.status_code == 200
+    assert ready[0].status_code == 200
+    assert ready[1].status_code == 200
+    mask = Image.open(io.BytesIO(ready[1].content))
+    assert mask.size == (20, 10) and set(np.unique(np.asarray(mask))) == {15}
+
+
+def test_draining_turns_readyz_and_segment_to_503():
+    def loader(_: Settings) -> LoadedModel:
+        return LoadedModel(ConstantSegmenter(), Path("/fake"), "CPU", (MemoryError,))
+
+    async def body(client, app):
+        await wait_for(lambda: app.state.service.phase is Phase.READY)
+        before = await client.get("/readyz")
+        app.state.service.mark_draining()  # what the SIGTERM hook does
+        return before, await client.get("/readyz"), await client.post("/segment",
+                                                                      content=png_bytes())
+
+    before, readyz, segment = asyncio.run(
+        with_app(create_app(settings(), loader=loader, handle_signals=False), body))
+    assert before.status_code == 200
+    for response in (readyz, segment):
+        assert response.status_code == 503
+        assert response.json()["error"] == {"code": "not_ready",
+                                            "message": "the server is shutting down"}
+        assert response.headers["retry-after"] == "2"
+
+
+def test_a_failed_load_keeps_the_server_not_ready():
+    def broken(_: Settings) -> LoadedModel:
+        raise ValueError("saved_model.pb is garbage")
+
+    async def body(client, app):
+        await wait_for(lambda: app.state.service.phase is Phase.FAILED)
+        return await client.get("/readyz")
+
+    app = create_app(settings(), loader=broken, handle_signals=False)
+    response = asyncio.run(with_app(app, body))
+    assert response.status_code == 503
+    assert response.json()["error"]["message"] == "the model failed to load"
+    assert isinstance(app.state.service.failure, ValueError)
+
+
+def test_a_model_error_is_a_500_that_says_nothing_internal(caplog):
+    def loader(_: Settings) -> LoadedModel:
+        secret = RuntimeError("/srv/secret/path exploded")
+        return LoadedModel(ConstantSegmenter(error=secret), Path("/fake"), "CPU", ())
+
+    async def body(client, app):
+        await wait_for(lambda: app.state.service.phase is Phase.READY)
+        return await client.post("/segment", content=png_bytes(),
+                                 headers={"X-Request-ID": "req-500"})
+
+    response = asyncio.run(with_app(create_app(settings(), loader=loader,
+                                               handle_signals=False), body))
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "internal_error",
+                                         "message": "internal server error"},
+                               "request_id": "req-500"}
+    assert response.headers["x-request-id"] == "req-500"
+    assert "secret" not in response.text
+    assert any("req-500" in record.getMessage() and record.exc_info
+               for record in caplog.records)
+
+
+def test_settings_fail_at_start_not_at_the_first_request(tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not a SavedModel directory"):
+        Settings(model=tmp_path)
+    with pytest.raises(ValidationError, match="max_queue"):
+        Settings(max_queue=2, max_batch_size=8)
+    with pytest.raises(ValidationError, match="backbone"):
+        Settings(backbone="resnet_v9")
