@@ -94,9 +94,13 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
         tensorflow_version=tf.__version__,
     )
     metadata.write(staging)
-    if out_dir.exists():
+    if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    try:
+        os.rename(staging, out_dir)  # atomic: readers see a whole export or none
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileExistsError(f"{out_dir} appeared while exporting") from None
     log.info("exported %s to %s", config.backbone, out_dir)
     return metadata
 
@@ -121,7 +125,14 @@ def cached_export(config: ModelConfig, cache_dir: str | Path, *,
     try:
         ModelMetadata.read(target)
         log.info("using cached SavedModel %s", target)
+        return target
     except ValueError:
-        export_saved_model(config, target, checkpoint=checkpoint, precision=precision,
-                           overwrite=True)
+        if target.exists():  # an interrupted export from an older version: replace it
+            shutil.rmtree(target, ignore_errors=True)
+    try:
+        export_saved_model(config, target, checkpoint=checkpoint, precision=precision)
+    except FileExistsError:
+        # Another process sharing the cache finished the same export first: use theirs,
+        # never delete a directory it may be loading.
+        ModelMetadata.read(target)
     return target
