@@ -191,7 +191,7 @@ ACCEPTED = {
     "p_png": (lambda: encode(photo().convert("P"), "PNG"), (120, 80)),
     "cmyk_jpeg": (lambda: encode(photo().convert("CMYK"), "JPEG"), (120, 80)),
     "16bit_png": (lambda: encode(Image.fromarray(
-        (np.asarray(photo().convert("L"), np.uint16) * 257)), "PNG"), (120, 80)),
+        np.asarray(photo().convert("L"), np.uint16) * 257), "PNG"), (120, 80)),
     "exif_rotated_jpeg": (_exif_rotated_jpeg, (20, 40)),
     "animated_gif": (_animated_gif, (30, 20)),
     "webp": (lambda: encode(photo(), "WEBP"), (120, 80)),
