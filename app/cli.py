@@ -111,6 +111,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 bar.update(len(loaded))
                 continue
             for (path, image), mask in zip(loaded, masks, strict=True):
+                if isinstance(mask, Exception):  # a per-image error from the server
+                    failures += 1
+                    tqdm.write(f"error: {path}: {mask}", file=sys.stderr)
+                    bar.update()
+                    continue
                 data = mask_png(mask) if args.format == "png" else overlay_jpeg(image, mask)
                 (args.out / (path.stem + suffix)).write_bytes(data)
                 bar.update()
@@ -127,8 +132,10 @@ def _remote_segmenter(url: str) -> Callable[[list[Any]], list[Any]]:
     client = AtrousClient(base_url=url)
 
     def segment(images: list[Any]) -> list[Any]:
-        # The server applies the same decoding, so send the decoded, oriented image.
-        return [client.segment(image).mask for image in images]
+        # Images go up decoded and oriented (as lossless PNG), so the server sees exactly
+        # the pixels the offline command would segment; errors come back per image.
+        results = client.segment_many(images, concurrency=len(images))
+        return [r if isinstance(r, Exception) else r.mask for r in results]
 
     return segment
 

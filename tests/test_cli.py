@@ -189,3 +189,21 @@ def test_bench_harness_times_the_segmentation_graph():
     assert result.num_batches == 2 and result.mean_s > 0 and result.sd_s >= 0
     assert result.images_per_s == pytest.approx(1 / result.mean_s)
     assert result.row().startswith("| segmentation | resnet_v1_101 | 513 | 1 | fp32 | off |")
+
+
+def test_segment_through_a_server_matches_the_offline_command(small_model, tmp_path,
+                                                              server_factory):
+    server = server_factory({"ATROUS_MODEL": str(small_model), "ATROUS_MAX_BATCH_SIZE": "2"})
+    rng = np.random.default_rng(8)
+    paths = []
+    for i, size in enumerate([(80, 50), (33, 90), (65, 65)]):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    offline, remote = tmp_path / "offline", tmp_path / "remote"
+    assert main(["segment", *paths, "--model", str(small_model), "-o", str(offline)]) == 0
+    assert main(["segment", *paths, "--url", server.url, "-o", str(remote)]) == 0
+    for i in range(3):
+        want, got = Image.open(offline / f"img{i}.png"), Image.open(remote / f"img{i}.png")
+        assert got.mode == "P" and got.size == want.size
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
