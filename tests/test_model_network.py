@@ -63,7 +63,8 @@ def test_full_size_logits_shapes():
         assert logits.shape.as_list() == [2, 33, 33, 21]
 
 
-@pytest.mark.parametrize("name", ["resnet_v1_50", "resnet_v2_50", "cifar_resnet_20", "cifar_resnet_29"])
+@pytest.mark.parametrize("name", ["resnet_v1_50", "resnet_v2_50", "cifar_resnet_20",
+                                  "cifar_resnet_29"])
 def test_atrous_output_equals_subsampled_dense_output(name):
     """A denser network, subsampled to the nominal stride, equals the nominal network."""
     spec = tiny(name) if name.startswith("resnet") else get_backbone(name)
@@ -135,7 +136,8 @@ def test_registry_tables_and_preprocessing():
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         pixel = tf.constant([[[[123.15, 115.90, 103.06]]]])
         v1 = session.run(get_backbone("resnet_v1_50").preprocess(pixel))
-        v2 = session.run(get_backbone("resnet_v2_50").preprocess(tf.constant([[[[0., 255., 127.5]]]])))
+        extremes = tf.constant([[[[0.0, 255.0, 127.5]]]])
+        v2 = session.run(get_backbone("resnet_v2_50").preprocess(extremes))
     np.testing.assert_allclose(v1, 0, atol=1e-5)
     np.testing.assert_allclose(v2, [[[[-1, 1, 0]]]], atol=1e-6)
 
