@@ -90,6 +90,17 @@ class Batcher:
         """Images waiting in the queue (not counting the batch on the model)."""
         return self._queue.qsize() if self._queue is not None else 0
 
+    @property
+    def full(self) -> bool:
+        """True when ``submit`` would be refused: callers can refuse before decoding."""
+        return self._queue is not None and self._queue.full()
+
+    def check_capacity(self) -> None:
+        """Raises ``QueueFullError`` now if the queue is full (saves decoding the upload)."""
+        if self.full:
+            raise QueueFullError(f"{self.max_queue} images already queued",
+                                 retry_after=self._retry_after_s)
+
     async def start(self) -> None:
         """Starts the worker; call from the event loop that will submit."""
         if self.running:

@@ -154,6 +154,9 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
         queued = [asyncio.create_task(batcher.submit(image(v), (S, S), timeout=5))
                   for v in (1, 2)]
         await asyncio.sleep(0.01)
+        assert batcher.full
+        with pytest.raises(QueueFullError):
+            batcher.check_capacity()  # what the route asks before decoding
         start = time.monotonic()
         with pytest.raises(QueueFullError) as info:
             await batcher.submit(image(3), (S, S), timeout=5)

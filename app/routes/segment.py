@@ -66,6 +66,7 @@ async def segment(
     """Segment one image; returns a palette PNG mask, a JSON summary or a JPEG overlay."""
     arrived = time.monotonic()
     batcher = service.require_ready()
+    batcher.check_capacity()  # under overload, refuse before reading and decoding
     metadata = service.metadata
     data = await read_image_bytes(request, settings.max_upload_bytes)
 
