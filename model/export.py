@@ -90,7 +90,7 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
         num_classes=config.num_classes, head=config.head, input_size=config.input_size,
         precision=precision, trained=trained, weights=weights,
         labels=tuple(class_labels(config.num_classes)),
-        colors=tuple(tuple(int(c) for c in rgb) for rgb in voc_colormap(config.num_classes)),
+        colors=tuple((int(r), int(g), int(b)) for r, g, b in voc_colormap(config.num_classes)),
         tensorflow_version=tf.__version__,
     )
     metadata.write(staging)

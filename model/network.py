@@ -64,7 +64,7 @@ def segmentation_logits(
     *,
     is_training: bool,
     backbone: Backbone | None = None,
-    output_stride: int | None | str = "config",
+    nominal: bool = False,
     dtype: Any = tf.float32,
 ) -> tuple[Any, dict[str, Any]]:
     """Preprocessing, backbone and head: RGB pixels to logits at feature resolution.
@@ -74,7 +74,8 @@ def segmentation_logits(
         config: the model configuration.
         is_training: batch-norm and dropout mode, set once for the whole network.
         backbone: overrides the registry record (tests use tiny block tables).
-        output_stride: overrides ``config.output_stride``; None builds the nominal network.
+        nominal: build without atrous units, at the backbone's nominal stride (the
+            reference the atrous networks are checked against).
         dtype: compute dtype; variables stay float32.
 
     Returns:
@@ -82,7 +83,7 @@ def segmentation_logits(
         end_points: backbone end points plus ``features`` and ``logits``.
     """
     spec = backbone or get_backbone(config.backbone)
-    stride = config.output_stride if output_stride == "config" else output_stride
+    stride = None if nominal else config.output_stride
     inputs = tf.cast(spec.preprocess(images), dtype)
     with tf.compat.v1.variable_scope(
         tf.compat.v1.get_variable_scope(),

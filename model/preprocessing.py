@@ -50,8 +50,9 @@ def restore_mask(labels: np.ndarray, size: tuple[int, int],
     Returns:
         uint8 [height, width] class ids.
     """
-    height, width = size
-    crop = Image.fromarray(np.ascontiguousarray(labels[:height, :width]), mode="L")
-    if crop.size != tuple(original):
-        crop = crop.resize(tuple(original), Image.Resampling.NEAREST)
+    valid_height, valid_width = size
+    crop = Image.fromarray(np.ascontiguousarray(labels[:valid_height, :valid_width]))
+    width, height = original
+    if crop.size != (width, height):
+        crop = crop.resize((width, height), Image.Resampling.NEAREST)
     return np.asarray(crop, dtype=np.uint8)

@@ -19,11 +19,11 @@ def tiny(name: str) -> object:
                                base_depths=(1, 2, 4, 8)[: len(spec.units)])
 
 
-def build(config: ModelConfig, size: int, *, backbone=None, output_stride="config", images=None):
+def build(config: ModelConfig, size: int, *, backbone=None, nominal=False, images=None):
     if images is None:
         images = tf.compat.v1.placeholder(tf.float32, [2, size, size, 3])
     logits, end_points = network.segmentation_logits(
-        images, config, is_training=False, backbone=backbone, output_stride=output_stride)
+        images, config, is_training=False, backbone=backbone, nominal=nominal)
     return images, logits, end_points
 
 
@@ -75,13 +75,13 @@ def test_atrous_output_equals_subsampled_dense_output(name):
     feed = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     with tf.Graph().as_default():
         tf.compat.v1.set_random_seed(0)
-        images, expected, _ = build(config, size, backbone=spec, output_stride=None)
+        images, expected, _ = build(config, size, backbone=spec, nominal=True)
         outputs = {}
         with tf.compat.v1.variable_scope("", reuse=True):
             for stride in (8, 16, 32):
                 if stride < nominal:
-                    _, outputs[stride], _ = build(config, size, backbone=spec,
-                                                  output_stride=stride, images=images)
+                    dense = dataclasses.replace(config, output_stride=stride)
+                    _, outputs[stride], _ = build(dense, size, backbone=spec, images=images)
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             # Random non-trivial batch-norm statistics, so that the check is not vacuous.
