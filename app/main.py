@@ -5,6 +5,7 @@
 """
 
 import logging
+import math
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,7 +71,8 @@ def serve(settings: Settings | None = None) -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
-                            timeout_graceful_shutdown=settings.shutdown_grace_s,
+                            # uvicorn takes whole seconds; round up, never cut the grace short
+                            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
                             log_level="info")
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it caught once it has shut down; with SIG_DFL that kills

@@ -5,7 +5,7 @@ refused before reading, and the body is counted while it streams (chunked upload
 so no more than ``limit`` bytes (plus one chunk) are ever held.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -39,7 +39,7 @@ async def read_image_bytes(request: Request, limit: int) -> bytes:
     return data
 
 
-async def _capped(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _capped(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
