@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     model: Path | None = Field(None, description="SavedModel directory written by `atrous export`")
     checkpoint: Path | None = Field(None, description="checkpoint to export at start")
     backbone: str = "resnet_v1_101"
-    output_stride: Literal[8, 16, 32] = 16
+    # An int, not Literal[8, 16, 32]: environment values are strings, and pydantic does not
+    # coerce "8" to a Literal of ints (ATROUS_OUTPUT_STRIDE=8 would be refused).
+    output_stride: int = Field(16, description="8, 16 or 32")
     num_classes: int = Field(21, ge=1, le=256)
     head: Literal["logits", "aspp"] = "logits"
     input_size: int = 513
@@ -52,6 +54,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
         if self.model is not None and self.checkpoint is not None:
             raise ValueError("set ATROUS_MODEL or ATROUS_CHECKPOINT, not both")
         if self.model is not None and not (self.model / "saved_model.pb").is_file():

@@ -160,3 +160,18 @@ def test_settings_fail_at_start_not_at_the_first_request(tmp_path):
         Settings(max_queue=2, max_batch_size=8)
     with pytest.raises(ValidationError, match="backbone"):
         Settings(backbone="resnet_v9")
+
+
+def test_settings_come_from_atrous_environment_variables(monkeypatch):
+    env = {"ATROUS_OUTPUT_STRIDE": "8", "ATROUS_INPUT_SIZE": "129", "ATROUS_HEAD": "aspp",
+           "ATROUS_BACKBONE": "resnet_v1_50", "ATROUS_MAX_BATCH_SIZE": "2",
+           "ATROUS_MAX_BATCH_DELAY_MS": "2.5", "ATROUS_GPU_MEMORY_GROWTH": "false",
+           "ATROUS_RETRY_AFTER_S": "4", "ATROUS_DECODE_CONCURRENCY": "3"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    loaded = Settings()
+    assert (loaded.output_stride, loaded.input_size, loaded.head, loaded.backbone) == (
+        8, 129, "aspp", "resnet_v1_50")
+    assert (loaded.max_batch_size, loaded.max_batch_delay_ms, loaded.gpu_memory_growth,
+            loaded.retry_after_s, loaded.decode_concurrency) == (2, 2.5, False, 4, 3)
+    assert loaded.to_model_config().output_stride == 8

@@ -1,0 +1,71 @@
+"""A checkpoint served end to end: exported (and cached) at start, then the masks that its
+hand-set weights must give, through HTTP, in the displayed (EXIF) orientation."""
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+checkpoint_factory = pytest.importorskip("checkpoint_factory")
+
+# Small but a real slim ResNet v1 with atrous units: fast to export at start.
+ENV = {"ATROUS_BACKBONE": "resnet_v1_50", "ATROUS_OUTPUT_STRIDE": "8",
+       "ATROUS_INPUT_SIZE": "129", "ATROUS_MAX_BATCH_SIZE": "2"}
+
+
+def bands(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical red / green / blue / black bands, and the classes the routed net gives them."""
+    image = np.zeros((height, width, 3), np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    colours = list(checkpoint_factory.ROUTED_CLASSES)
+    edges = np.linspace(0, width, len(colours) + 1).astype(int)
+    for colour, start, stop in zip(colours, edges, edges[1:], strict=False):
+        image[:, start:stop] = colour
+        mask[:, start:stop] = checkpoint_factory.ROUTED_CLASSES[colour]
+    return image, mask
+
+
+def interior(mask: np.ndarray, margin: int) -> np.ndarray:
+    """Pixels at least ``margin`` away from a class edge (where OS8 logits blur)."""
+    keep = np.ones(mask.shape, bool)
+    for axis in (0, 1):
+        change = np.diff(mask.astype(int), axis=axis) != 0
+        for y, x in zip(*np.nonzero(change), strict=True):
+            keep[max(0, y - margin):y + margin + 1, max(0, x - margin):x + margin + 1] = False
+    return keep
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from model.config import ModelConfig
+
+    config = ModelConfig(backbone="resnet_v1_50", output_stride=8, input_size=129)
+    root = tmp_path_factory.mktemp("ckpt")
+    return checkpoint_factory.write_checkpoint(config, root / "resnet_v1_50.ckpt",
+                                               values=checkpoint_factory.color_routing_value)
+
+
+def test_a_checkpoint_is_exported_at_start_and_segments_correctly(server_factory, checkpoint,
+                                                                  tmp_path):
+    cache = tmp_path / "cache"
+    server = server_factory({**ENV, "ATROUS_CHECKPOINT": checkpoint,
+                             "ATROUS_CACHE_DIR": str(cache)})
+    info = httpx.get(server.url + "/v1/model").json()
+    assert info["trained"] is True and info["weights"].endswith("resnet_v1_50.ckpt"), info
+    assert [p.name for p in cache.iterdir() if (p / "saved_model.pb").exists()]
+
+    image, expected = bands(200, 120)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the bands become horizontal
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=100, exif=exif.tobytes())
+    response = httpx.post(server.url + "/segment", content=buffer.getvalue(), timeout=60)
+    assert response.status_code == 200, response.text
+    mask = np.asarray(Image.open(io.BytesIO(response.content)))
+    displayed = np.rot90(expected, k=-1)  # what a viewer shows, 120 wide x 200 high
+    assert mask.shape == displayed.shape == (200, 120)
+    keep = interior(displayed, margin=12)
+    np.testing.assert_array_equal(mask[keep], displayed[keep])
+    assert set(np.unique(mask)) == {0, 1, 7, 15}
