@@ -41,7 +41,12 @@ class Prepared:
 def prepare(data: bytes, max_pixels: int, input_size: int, keep_image: bool) -> Prepared:
     """Decodes and letterboxes one upload, mapping image errors to HTTP errors."""
     try:
-        image = imaging.load_image(data, max_pixels=max_pixels)
+        if keep_image:  # the overlay blends the full-resolution pixels
+            image = imaging.load_image(data, max_pixels=max_pixels)
+            size = image.size
+        else:  # a big JPEG may be decoded at reduced (DCT) scale: it is downsampled anyway
+            image, size = imaging.load_image_for_model(data, max_pixels=max_pixels,
+                                                       input_size=input_size)
     except imaging.UnsupportedImageError as e:
         raise errors.UnsupportedMediaTypeError(str(e)) from None
     except imaging.ImageTooLargeError as e:
@@ -49,7 +54,7 @@ def prepare(data: bytes, max_pixels: int, input_size: int, keep_image: bool) -> 
     except imaging.CorruptImageError as e:
         raise errors.CorruptImageError(str(e)) from None
     canvas, valid = preprocessing.letterbox(image, input_size)
-    return Prepared(canvas, valid, image.size, image if keep_image else None)
+    return Prepared(canvas, valid, size, image if keep_image else None)
 
 
 def render(labels: np.ndarray, prepared: Prepared, output: OutputFormat,

@@ -27,6 +27,7 @@ __all__ = [
     "ImageTooLargeError",
     "UnsupportedImageError",
     "load_image",
+    "load_image_for_model",
     "sniff_format",
 ]
 
@@ -90,6 +91,30 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
         ImageTooLargeError: more than ``max_pixels`` pixels.
         CorruptImageError: the decoder failed, for whatever reason.
     """
+    image, _ = _load(data, max_pixels, None)
+    return image
+
+
+def load_image_for_model(data: bytes, *, max_pixels: int,
+                         input_size: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Like ``load_image``, but only as sharp as a model of ``input_size`` needs.
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when its longer
+    side stays at least ``input_size``: a 12 MP photo decodes and letterboxes about 3x
+    faster, and the letterboxed canvas barely changes (it is downsampled either way).
+
+    Returns:
+        the RGB image (possibly reduced) in displayed orientation, and the displayed
+        (width, height) of the full image -- the size the mask must have.
+
+    Raises:
+        the same errors as ``load_image``.
+    """
+    return _load(data, max_pixels, input_size)
+
+
+def _load(data: bytes, max_pixels: int,
+          input_size: int | None) -> tuple[Image.Image, tuple[int, int]]:
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedImageError(
@@ -106,13 +131,36 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise ImageTooLargeError(width * height, max_pixels, (width, height))
     try:
+        if input_size is not None and fmt == "JPEG":
+            _draft(image, input_size)
+        swapped = _orientation(image) in (5, 6, 7, 8)
         image.load()
         image = _to_rgb(_exif_transposed(image))
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated data, bad tiles, bad palettes...
         raise CorruptImageError(f"corrupt {fmt} image: {_describe(e)}") from None
-    return image
+    return image, ((height, width) if swapped else (width, height))
+
+
+def _draft(image: Image.Image, input_size: int) -> None:
+    """Asks libjpeg for the smallest DCT scale whose longer side is still >= input_size."""
+    width, height = image.size
+    longer = max(width, height)
+    if longer <= 2 * input_size:
+        return
+    # draft() picks the largest reduction whose result is at least the requested size.
+    scale = input_size / longer
+    image.draft(image.mode if image.mode in ("RGB", "L") else None,
+                (max(1, int(width * scale)), max(1, int(height * scale))))
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:  # noqa: BLE001 - a broken EXIF block means "as stored"
+        return 1
 
 
 def _open(data: bytes, fmt: str) -> Image.Image:

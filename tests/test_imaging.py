@@ -164,3 +164,25 @@ def test_first_frame_of_an_animated_gif():
 def test_degenerate_shapes(size):
     out = load_image(encode(Image.new("RGB", size, (9, 9, 9)), "PNG"), max_pixels=MAX)
     assert out.size == size
+
+
+def test_load_image_for_model_decodes_big_jpegs_at_reduced_scale():
+    from model.imaging import load_image_for_model
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = Image.new("RGB", (4000, 3000), (200, 20, 20))
+    data = encode(photo, "JPEG", exif=exif.tobytes())
+    image, size = load_image_for_model(data, max_pixels=MAX, input_size=513)
+    assert size == (3000, 4000)  # displayed (rotated) full size
+    assert image.mode == "RGB" and image.size == (750, 1000)  # 1/4 scale, still >= 513
+    assert np.abs(np.asarray(image)[500, 300].astype(int) - (200, 20, 20)).max() < 8
+
+
+@pytest.mark.parametrize("fmt,size", [("PNG", (4000, 3000)), ("JPEG", (900, 600))])
+def test_load_image_for_model_keeps_what_it_cannot_or_need_not_reduce(fmt, size):
+    from model.imaging import load_image_for_model
+
+    data = encode(Image.new("RGB", size, (1, 2, 3)), fmt)
+    image, full = load_image_for_model(data, max_pixels=MAX, input_size=513)
+    assert image.size == full == size

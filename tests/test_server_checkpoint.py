@@ -56,7 +56,8 @@ def test_a_checkpoint_is_exported_at_start_and_segments_correctly(server_factory
     assert info["trained"] is True and info["weights"].endswith("resnet_v1_50.ckpt"), info
     assert [p.name for p in cache.iterdir() if (p / "saved_model.pb").exists()]
 
-    image, expected = bands(200, 120)
+    # 800 x 480: big enough that the JPEG is decoded at 1/4 scale (DCT) for the 129 input.
+    image, expected = bands(800, 480)
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the bands become horizontal
     buffer = io.BytesIO()
@@ -64,8 +65,8 @@ def test_a_checkpoint_is_exported_at_start_and_segments_correctly(server_factory
     response = httpx.post(server.url + "/segment", content=buffer.getvalue(), timeout=60)
     assert response.status_code == 200, response.text
     mask = np.asarray(Image.open(io.BytesIO(response.content)))
-    displayed = np.rot90(expected, k=-1)  # what a viewer shows, 120 wide x 200 high
-    assert mask.shape == displayed.shape == (200, 120)
-    keep = interior(displayed, margin=12)
+    displayed = np.rot90(expected, k=-1)  # what a viewer shows, 480 wide x 800 high
+    assert mask.shape == displayed.shape == (800, 480)
+    keep = interior(displayed, margin=48)
     np.testing.assert_array_equal(mask[keep], displayed[keep])
     assert set(np.unique(mask)) == {0, 1, 7, 15}
