@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_segmen
             of the server's own; in-process test clients pass False.
     """
     settings = settings or get_settings()
+    _configure_logging()
     service = Service(settings, loader, handle_signals=handle_signals)
 
     @asynccontextmanager
@@ -66,9 +67,6 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
                             # uvicorn takes whole seconds; round up, never cut the grace short
@@ -87,6 +85,14 @@ def serve(settings: Settings | None = None) -> None:
         raise SystemExit(1)
     if not server.started:
         raise SystemExit(3)  # uvicorn's own "startup failed" status
+
+
+def _configure_logging() -> None:
+    """INFO logs (loading, ready, draining) to stderr, unless the host already set up
+    logging: uvicorn only configures its own loggers, so ours would otherwise be lost."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _ignore(signum: int, frame: Any) -> None:

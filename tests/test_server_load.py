@@ -188,6 +188,7 @@ def test_uvicorn_factory_without_a_model_exports_the_default_and_says_so(
     assert (info["backbone"], info["trained"], info["weights"]) == ("cifar_resnet_20", False,
                                                                       "random")
     assert "RANDOMLY INITIALISED" in server.log
+    assert "warming up batch sizes 1..2" in server.log
     exported = [p for p in cache.iterdir() if (p / "saved_model.pb").exists()]
     assert len(exported) == 1
     assert json.loads((exported[0] / "assets.extra" / "atrous.json").read_text())[
@@ -206,3 +207,48 @@ def test_bad_settings_fail_at_start(server_factory, env, message):
     returncode = server.process.wait(60)
     assert returncode != 0
     assert message in server.log
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_status_1(server_factory, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "assets.extra").mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+    (broken / "assets.extra" / "atrous.json").write_text("{}")
+    server = server_factory({"ATROUS_MODEL": str(broken)}, wait=False)
+    assert server.process.wait(60) == 1, server.log
+    assert "model loading failed" in server.log
+
+
+def test_the_request_path_never_imports_tf_slim(tiny_saved_model):
+    """Serving a SavedModel: load, decode, batch, encode -- and tf_slim is never imported."""
+    script = f"""
+import asyncio, io, sys
+from PIL import Image
+from app.main import create_app
+from app.settings import Settings
+import httpx
+
+async def main():
+    app = create_app(Settings(model={str(tiny_saved_model)!r}), handle_signals=False)
+    async with app.router.lifespan_context(app):
+        while app.state.service.phase.value != "ready":
+            await asyncio.sleep(0.05)
+        buffer = io.BytesIO()
+        Image.new("RGB", (50, 40), (1, 2, 3)).save(buffer, format="JPEG")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            for fmt in ("png", "json", "overlay"):
+                response = await client.post("/segment", params={{"format": fmt}},
+                                             content=buffer.getvalue())
+                assert response.status_code == 200, response.text
+
+asyncio.run(main())
+assert "tensorflow" in sys.modules
+print("tf_slim imported:", "tf_slim" in sys.modules)
+"""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tf_slim imported: False" in result.stdout
