@@ -38,13 +38,18 @@ class Prepared:
     image: Image.Image | None  # kept only when the response needs the pixels (overlay)
 
 
-def prepare(data: bytes, max_pixels: int, input_size: int, keep_image: bool) -> Prepared:
-    """Decodes and letterboxes one upload, mapping image errors to HTTP errors."""
+def prepare(data: bytes, max_pixels: int, input_size: int, keep_image: bool,
+            fast_jpeg: bool = False) -> Prepared:
+    """Decodes and letterboxes one upload, mapping image errors to HTTP errors.
+
+    By default every image is decoded in full, so the model sees DeepLab's exact input
+    (and the mask equals the offline command's); ``fast_jpeg`` trades that for speed.
+    """
     try:
-        if keep_image:  # the overlay blends the full-resolution pixels
+        if keep_image or not fast_jpeg:  # the overlay blends the full-resolution pixels
             image = imaging.load_image(data, max_pixels=max_pixels)
             size = image.size
-        else:  # a big JPEG may be decoded at reduced (DCT) scale: it is downsampled anyway
+        else:  # a big JPEG is decoded at reduced (DCT) scale: it is downsampled anyway
             image, size = imaging.load_image_for_model(data, max_pixels=max_pixels,
                                                        input_size=input_size)
     except imaging.UnsupportedImageError as e:

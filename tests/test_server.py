@@ -114,6 +114,22 @@ def test_png_is_a_palette_mask_of_the_input_size_equal_to_the_bare_model(client,
     assert len(np.unique(expected)) >= 1
 
 
+def test_big_jpeg_is_decoded_in_full_by_default(client, runner):
+    """DeepLab's exact input (and the offline command's mask) unless fast decoding is on."""
+    from model.imaging import load_image, load_image_for_model
+    from model.runner import segment_images
+
+    data = encode(photo(400, 300, seed=5), "JPEG")
+    reduced, _ = load_image_for_model(data, max_pixels=MAX_PIXELS, input_size=65)
+    assert reduced.size != (400, 300)  # the opt-in fast path would have decoded less
+    response = client.post("/segment", content=data, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    mask = np.asarray(decode_mask(response.content))
+    expected = segment_images(runner, [load_image(data, max_pixels=MAX_PIXELS)])[0]
+    agreement = (mask == expected).mean()
+    assert agreement > 0.999, f"server and bare model agree on {agreement:.2%} of pixels"
+
+
 def test_json_summary_is_complete_and_rle_decodes_with_pycocotools(client):
     from pycocotools import mask as coco
 

@@ -51,12 +51,13 @@ def test_a_checkpoint_is_exported_at_start_and_segments_correctly(server_factory
                                                                   tmp_path):
     cache = tmp_path / "cache"
     server = server_factory({**ENV, "ATROUS_CHECKPOINT": checkpoint,
-                             "ATROUS_CACHE_DIR": str(cache)})
+                             "ATROUS_CACHE_DIR": str(cache), "ATROUS_FAST_JPEG_DECODE": "true"})
     info = httpx.get(server.url + "/v1/model").json()
     assert info["trained"] is True and info["weights"].endswith("resnet_v1_50.ckpt"), info
     assert [p.name for p in cache.iterdir() if (p / "saved_model.pb").exists()]
 
-    # 800 x 480: big enough that the JPEG is decoded at 1/4 scale (DCT) for the 129 input.
+    # 800 x 480: big enough that fast decoding reads the JPEG at 1/4 scale (DCT) for the
+    # 129 input; the routed mask must still be right.
     image, expected = bands(800, 480)
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the bands become horizontal

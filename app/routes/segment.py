@@ -72,7 +72,8 @@ async def segment(
 
     started = time.monotonic()
     prepared = await service.run_blocking(prepare, data, settings.max_image_pixels,
-                                          metadata.input_size, output is OutputFormat.overlay)
+                                          metadata.input_size, output is OutputFormat.overlay,
+                                          settings.fast_jpeg_decode)
     del data
     decoded = time.monotonic()
 
