@@ -114,3 +114,25 @@ def write_checkpoint(
                         variable.load(value, session)
             saver.save(session, str(path), write_meta_graph=False)
     return str(path)
+
+
+def routed_bands(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical red / green / blue / black bands, and the mask the routed network gives them."""
+    colours = list(ROUTED_CLASSES)
+    image = np.zeros((height, width, 3), np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    edges = np.linspace(0, width, len(colours) + 1).astype(int)
+    for colour, start, stop in zip(colours, edges, edges[1:], strict=False):
+        image[:, start:stop] = colour
+        mask[:, start:stop] = ROUTED_CLASSES[colour]
+    return image, mask
+
+
+def interior(mask: np.ndarray, margin: int) -> np.ndarray:
+    """Pixels at least ``margin`` away from a class edge (where stride-8/16 logits blur)."""
+    keep = np.ones(mask.shape, bool)
+    for axis in (0, 1):
+        change = np.diff(mask.astype(int), axis=axis) != 0
+        for y, x in zip(*np.nonzero(change), strict=True):
+            keep[max(0, y - margin):y + margin + 1, max(0, x - margin):x + margin + 1] = False
+    return keep

@@ -3,38 +3,15 @@ hand-set weights must give, through HTTP, in the displayed (EXIF) orientation.""
 
 import io
 
+import checkpoint_factory
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-checkpoint_factory = pytest.importorskip("checkpoint_factory")
-
 # Small but a real slim ResNet v1 with atrous units: fast to export at start.
 ENV = {"ATROUS_BACKBONE": "resnet_v1_50", "ATROUS_OUTPUT_STRIDE": "8",
        "ATROUS_INPUT_SIZE": "129", "ATROUS_MAX_BATCH_SIZE": "2"}
-
-
-def bands(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical red / green / blue / black bands, and the classes the routed net gives them."""
-    image = np.zeros((height, width, 3), np.uint8)
-    mask = np.zeros((height, width), np.uint8)
-    colours = list(checkpoint_factory.ROUTED_CLASSES)
-    edges = np.linspace(0, width, len(colours) + 1).astype(int)
-    for colour, start, stop in zip(colours, edges, edges[1:], strict=False):
-        image[:, start:stop] = colour
-        mask[:, start:stop] = checkpoint_factory.ROUTED_CLASSES[colour]
-    return image, mask
-
-
-def interior(mask: np.ndarray, margin: int) -> np.ndarray:
-    """Pixels at least ``margin`` away from a class edge (where OS8 logits blur)."""
-    keep = np.ones(mask.shape, bool)
-    for axis in (0, 1):
-        change = np.diff(mask.astype(int), axis=axis) != 0
-        for y, x in zip(*np.nonzero(change), strict=True):
-            keep[max(0, y - margin):y + margin + 1, max(0, x - margin):x + margin + 1] = False
-    return keep
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +35,7 @@ def test_a_checkpoint_is_exported_at_start_and_segments_correctly(server_factory
 
     # 800 x 480: big enough that fast decoding reads the JPEG at 1/4 scale (DCT) for the
     # 129 input; the routed mask must still be right.
-    image, expected = bands(800, 480)
+    image, expected = checkpoint_factory.routed_bands(800, 480)
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the bands become horizontal
     buffer = io.BytesIO()
@@ -68,6 +45,6 @@ def test_a_checkpoint_is_exported_at_start_and_segments_correctly(server_factory
     mask = np.asarray(Image.open(io.BytesIO(response.content)))
     displayed = np.rot90(expected, k=-1)  # what a viewer shows, 480 wide x 800 high
     assert mask.shape == displayed.shape == (800, 480)
-    keep = interior(displayed, margin=48)
+    keep = checkpoint_factory.interior(displayed, margin=48)
     np.testing.assert_array_equal(mask[keep], displayed[keep])
     assert set(np.unique(mask)) == {0, 1, 7, 15}
