@@ -5,9 +5,11 @@ and ``atrous segment --url`` works without loading TensorFlow.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _untrained_warnings_to_stderr() -> Iterator[None]:
+    """An untrained export is worth one plain line on stderr, not a Python warning."""
+    from model.export import UntrainedModelWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UntrainedModelWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, UntrainedModelWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from model.export import export_saved_model
 
-    metadata = export_saved_model(_model_config(args), args.out, checkpoint=args.checkpoint,
-                                  precision=args.precision, overwrite=args.overwrite)
+    with _untrained_warnings_to_stderr():
+        metadata = export_saved_model(_model_config(args), args.out, checkpoint=args.checkpoint,
+                                      precision=args.precision, overwrite=args.overwrite)
     print(f"wrote {args.out} ({metadata.backbone}, OS{metadata.output_stride}, "
           f"{metadata.precision}, trained={str(metadata.trained).lower()})")
     return 0
@@ -71,25 +90,35 @@ def _local_segmenter(args: argparse.Namespace) -> Callable[[list[Any]], list[Any
     from model.export import cached_export
     from model.runner import SavedModelRunner, segment_images
 
-    model = args.model or cached_export(_model_config(args), DEFAULT_EXPORT_CACHE,
-                                        checkpoint=args.checkpoint, precision=args.precision)
+    if args.model:
+        model = args.model
+    else:
+        with _untrained_warnings_to_stderr():
+            model = cached_export(_model_config(args), DEFAULT_EXPORT_CACHE,
+                                  checkpoint=args.checkpoint, precision=args.precision)
     runner = SavedModelRunner(model)
     return lambda images: segment_images(runner, images)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        segment = _remote_segmenter(args.url, stack) if args.url else _local_segmenter(args)
+        failures = _segment_files(args, segment)
+    done = len(args.images) - failures
+    print(f"segmented {done} of {len(args.images)} images into {args.out}")
+    return 1 if failures else 0
+
+
+def _segment_files(args: argparse.Namespace, segment: Callable[[list[Any]], list[Any]]) -> int:
+    """Segments ``args.images`` in batches, writing one file each; returns the failures."""
     from tqdm import tqdm
 
     from app.encoding import mask_png, overlay_jpeg
     from model.imaging import ImageError, load_image
 
-    args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     suffix = ".png" if args.format == "png" else ".jpg"
-    if args.url:
-        segment = _remote_segmenter(args.url)
-    else:
-        segment = _local_segmenter(args)
     with tqdm(total=len(args.images), unit="image", disable=len(args.images) < 2) as bar:
         for batch in _batches(args.images, args.batch_size):
             loaded = []
@@ -119,17 +148,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 data = mask_png(mask) if args.format == "png" else overlay_jpeg(image, mask)
                 (args.out / (path.stem + suffix)).write_bytes(data)
                 bar.update()
-    done = len(args.images) - failures
-    print(f"segmented {done} of {len(args.images)} images into {args.out}")
-    return 1 if failures else 0
+    return failures
 
 
-def _remote_segmenter(url: str) -> Callable[[list[Any]], list[Any]]:
+def _remote_segmenter(url: str,
+                      stack: contextlib.ExitStack) -> Callable[[list[Any]], list[Any]]:
     try:
         from atrous_client import AtrousClient
     except ImportError:
         raise SystemExit("atrous segment --url needs the SDK: pip install ./client") from None
-    client = AtrousClient(base_url=url)
+    client = stack.enter_context(AtrousClient(base_url=url))
 
     def segment(images: list[Any]) -> list[Any]:
         # Images go up decoded and oriented (as lossless PNG), so the server sees exactly

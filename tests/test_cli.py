@@ -29,7 +29,10 @@ def small_model(tmp_path_factory):
     return out
 
 
-def test_export_writes_saved_model_and_metadata(small_model, capsys):
+def test_export_writes_saved_model_and_metadata(small_model, tmp_path, capsys):
+    assert main(["export", *SMALL, "--out", str(tmp_path / "again")]) == 0
+    assert "warning: no checkpoint: exporting cifar_resnet_20 with random weights" in (
+        capsys.readouterr().err)
     metadata = ModelMetadata.read(small_model)
     assert metadata.backbone == "cifar_resnet_20" and metadata.input_size == 65
     assert not metadata.trained
@@ -72,7 +75,8 @@ def test_segment_writes_palette_pngs_and_reports_bad_files(small_model, tmp_path
     assert f"error: {bad}" in captured.err and f"error: {missing}" in captured.err
     assert "segmented 2 of 4 images" in captured.out
     for name, size in (("wide.png", (90, 40)), ("gray.png", (30, 70))):
-        mask = Image.open(out / name)
+        with Image.open(out / name) as mask:
+            mask.load()
         assert mask.mode == "P" and mask.size == size
         assert np.asarray(mask).max() < 21
         assert mask.getpalette()[3:6] == [128, 0, 0]  # VOC colour of class 1
@@ -83,8 +87,8 @@ def test_segment_overlay_is_an_image_of_the_input_size(small_model, tmp_path):
     Image.new("RGBA", (20, 50), (0, 0, 255, 128)).save(image)
     assert main(["segment", str(image), "--model", str(small_model), "-o", str(tmp_path),
                  "--format", "overlay"]) == 0
-    overlay = Image.open(tmp_path / "tall.jpg")
-    assert overlay.format == "JPEG" and overlay.size == (20, 50)
+    with Image.open(tmp_path / "tall.jpg") as overlay:
+        assert overlay.format == "JPEG" and overlay.size == (20, 50)
 
 
 # --- fetch-weights against a local HTTP server -------------------------------------------
@@ -129,6 +133,8 @@ def test_fetch_weights_over_http_then_export(http_server, imagenet_tarball, tmp_
     assert main(["export", "--backbone", "resnet_v1_50", "--input-size", "33",
                  "--checkpoint", checkpoint, "--out", str(out)]) == 0
     assert ModelMetadata.read(out).trained is False
+    assert "has no segmentation head: the head is randomly initialised" in (
+        capsys.readouterr().err)
     # A second fetch is served from the cache, without the network.
     assert fetch_weights("resnet_v1_50", source="http://127.0.0.1:9/unreachable",
                          cache_dir=cache, progress=False) == checkpoint
@@ -204,6 +210,6 @@ def test_segment_through_a_server_matches_the_offline_command(small_model, tmp_p
     assert main(["segment", *paths, "--model", str(small_model), "-o", str(offline)]) == 0
     assert main(["segment", *paths, "--url", server.url, "-o", str(remote)]) == 0
     for i in range(3):
-        want, got = Image.open(offline / f"img{i}.png"), Image.open(remote / f"img{i}.png")
-        assert got.mode == "P" and got.size == want.size
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        with Image.open(offline / f"img{i}.png") as want, Image.open(remote / f"img{i}.png") as got:
+            assert got.mode == "P" and got.size == want.size
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
