@@ -37,6 +37,26 @@ def _model_config(args: argparse.Namespace) -> Any:
                        input_size=args.input_size)
 
 
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    """One option per Settings field, so the CLI never drifts from the environment variables.
+
+    Values stay strings (booleans are --x/--no-x): the Settings class parses and validates
+    them exactly as it does ATROUS_* variables.
+    """
+    from app.settings import Settings
+
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = f"ATROUS_{name.upper()}"
+        default = "unset" if field.default is None else field.default
+        help_text = f"{field.description or ''} [{env}, default {default}]".strip()
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, metavar=name.upper(), help=help_text)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -200,17 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the HTTP server")
-    source = serve.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, help="SavedModel directory")
-    source.add_argument("--checkpoint", type=Path, help="checkpoint, exported at start")
-    for option in ("backbone", "head", "precision", "host"):
-        serve.add_argument(f"--{option}")
-    for option in ("output-stride", "num-classes", "input-size", "port", "max-batch-size",
-                   "max-queue", "max-upload-bytes", "max-image-pixels"):
-        serve.add_argument(f"--{option}", type=int)
-    for option in ("max-batch-delay-ms", "request-timeout-s", "shutdown-grace-s"):
-        serve.add_argument(f"--{option}", type=float)
+    serve = commands.add_parser(
+        "serve", help="run the HTTP server",
+        description="Every option is also an ATROUS_* environment variable; options win.")
+    _settings_options(serve)
     serve.set_defaults(run=cmd_serve)
 
     export = commands.add_parser("export", help="write a SavedModel")

@@ -4,6 +4,7 @@ server serving a tarball made here) and the bench harness."""
 import functools
 import http.server
 import io
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -213,3 +214,30 @@ def test_segment_through_a_server_matches_the_offline_command(small_model, tmp_p
         with Image.open(offline / f"img{i}.png") as want, Image.open(remote / f"img{i}.png") as got:
             assert got.mode == "P" and got.size == want.size
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_serve_has_one_option_per_setting_and_validates_them(capsys):
+    from app.cli import build_parser
+    from app.settings import Settings
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    options = {option for action in serve._actions for option in action.option_strings}
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in options, name
+    assert main(["serve", "--port", "eighty"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and "port" in err and "Traceback" not in err
+    assert main(["serve", "--max-batch-size", "8", "--max-queue", "4"]) == 2
+    assert "max_queue (4) must be at least max_batch_size (8)" in capsys.readouterr().err
+
+
+def test_atrous_serve_runs_the_server_with_its_options_and_drains_on_sigterm(small_model,
+                                                                             server_factory):
+    import httpx
+
+    command = [sys.executable, "-m", "app.cli", "serve", "--model", str(small_model),
+               "--port", "{port}", "--max-batch-size", "3", "--no-gpu-memory-growth"]
+    server = server_factory({}, command=command)
+    info = httpx.get(server.url + "/v1/model").json()
+    assert info["batching"]["max_batch_size"] == 3 and info["backbone"] == "cifar_resnet_20"
+    assert server.stop() == 0, server.log
