@@ -58,9 +58,12 @@ class SavedModelRunner:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"images must be uint8 [N, {size}, {size}, 3], "
                              f"got {images.dtype} {list(images.shape)}")
+        sizes = np.asarray(sizes, np.int32)
+        if sizes.shape != (len(images), 2):
+            raise ValueError(f"sizes must be int32 [{len(images)}, 2], got {list(sizes.shape)}")
         outputs = self._signature(**{
             INPUT_IMAGES: self._tf.constant(images),
-            INPUT_SIZES: self._tf.constant(np.asarray(sizes, np.int32)),
+            INPUT_SIZES: self._tf.constant(sizes),
         })
         labels: np.ndarray = outputs[OUTPUT_LABELS].numpy()
         return labels

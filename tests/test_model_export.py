@@ -86,6 +86,8 @@ def test_runner_checks_input_and_keeps_batch_order(small_export):
     runner = SavedModelRunner(small_export[0], warmup_batch_sizes=[1, 2])
     with pytest.raises(ValueError, match=r"images must be uint8 \[N, 129, 129, 3\]"):
         runner(np.zeros((1, 65, 65, 3), np.uint8), np.array([[65, 65]]))
+    with pytest.raises(ValueError, match=r"sizes must be int32 \[1, 2\], got \[2, 2\]"):
+        runner(np.zeros((1, 129, 129, 3), np.uint8), np.array([[65, 65], [1, 1]]))
     rng = np.random.default_rng(4)
     batch = rng.integers(0, 256, (2, 129, 129, 3), dtype=np.uint8)
     sizes = np.array([[129, 129], [129, 129]])
