@@ -5,6 +5,7 @@ the head to the slim layout when asked, and saves in the V1 (single file, as in 
 published slim tarballs) or V2 (index/data) format.
 """
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import network
+from model.backbones import Backbone, get_backbone
 from model.config import ModelConfig
 
 # Hand-set "colour routing" network: the stem copies +RGB and -RGB (after mean
@@ -20,6 +22,14 @@ from model.config import ModelConfig
 # The head then votes: red -> person (15), green -> aeroplane (1), blue -> car (7),
 # anything dark or the mean-pixel padding -> background (0).
 ROUTED_CLASSES = {(255, 0, 0): 15, (0, 255, 0): 1, (0, 0, 255): 7, (0, 0, 0): 0}
+
+
+def tiny(name: str) -> Backbone:
+    """``name``'s registry record with 2 units per block and base depths 1-8 (slim's test
+    sizes): the official variable names, a fraction of the weights."""
+    spec = get_backbone(name)
+    return dataclasses.replace(spec, units=(2,) * len(spec.units),
+                               base_depths=(1, 2, 4, 8)[: len(spec.units)])
 
 
 def color_routing_value(name: str, shape: list[int]) -> np.ndarray | None:
@@ -62,6 +72,7 @@ def write_checkpoint(
     imagenet_classes: int | None = None,
     extra: dict[str, np.ndarray] | None = None,
     seed: int = 1,
+    backbone: Backbone | None = None,
 ) -> str:
     """Builds ``config``'s network, sets weights and saves a checkpoint at ``path``.
 
@@ -72,6 +83,7 @@ def write_checkpoint(
         head: save the head variables.
         imagenet_classes: replace the head by a slim ImageNet classifier of that width.
         extra: more variables to save (e.g. ``global_step``).
+        backbone: a registry record to build instead of ``config.backbone``'s (tiny tables).
 
     Returns:
         the checkpoint path to pass to the loader.
@@ -82,7 +94,7 @@ def write_checkpoint(
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
         images = tf.compat.v1.placeholder(tf.float32, [1, config.input_size, config.input_size, 3])
-        network.segmentation_logits(images, config, is_training=False)
+        network.segmentation_logits(images, config, is_training=False, backbone=backbone)
         variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
         heads = network.head_scopes(config)
         to_save = {}

@@ -6,17 +6,11 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from checkpoint_factory import tiny
 
 from model import network
 from model.backbones import BACKBONES, get_backbone
 from model.config import ModelConfig
-
-
-def tiny(name: str) -> object:
-    """The registry record with 2 units per block and base depths 1-8 (slim test sizes)."""
-    spec = get_backbone(name)
-    return dataclasses.replace(spec, units=(2,) * len(spec.units),
-                               base_depths=(1, 2, 4, 8)[: len(spec.units)])
 
 
 def build(config: ModelConfig, size: int, *, backbone=None, nominal=False, images=None):
