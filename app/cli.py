@@ -16,8 +16,6 @@ from typing import Any
 
 from model.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, HEADS, OUTPUT_STRIDES, PRECISIONS
 
-DEFAULT_EXPORT_CACHE = "~/.cache/atrous/savedmodels"
-
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("network (when building from a checkpoint)")
@@ -107,6 +105,7 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def _local_segmenter(args: argparse.Namespace) -> Callable[[list[Any]], list[Any]]:
+    from app.settings import Settings
     from model.export import cached_export
     from model.runner import SavedModelRunner, segment_images
 
@@ -114,7 +113,7 @@ def _local_segmenter(args: argparse.Namespace) -> Callable[[list[Any]], list[Any
         model = args.model
     else:
         with _untrained_warnings_to_stderr():
-            model = cached_export(_model_config(args), DEFAULT_EXPORT_CACHE,
+            model = cached_export(_model_config(args), Settings.model_fields["cache_dir"].default,
                                   checkpoint=args.checkpoint, precision=args.precision)
     runner = SavedModelRunner(model)
     return lambda images: segment_images(runner, images)
@@ -189,11 +188,12 @@ def _remote_segmenter(url: str,
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
-    from model.weights import WeightsError, fetch_weights
+    from model.weights import DEFAULT_CACHE, WeightsError, fetch_weights
 
     try:
-        path = fetch_weights(args.backbone, source=args.url, cache_dir=args.cache_dir,
-                             sha256=args.sha256, force=args.force)
+        path = fetch_weights(args.backbone, source=args.url,
+                             cache_dir=args.cache_dir or DEFAULT_CACHE, sha256=args.sha256,
+                             force=args.force)
     except (WeightsError, ValueError) as e:
         print(f"atrous fetch-weights: {e}", file=sys.stderr)
         return 1
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch-weights", help="download an ImageNet checkpoint")
     fetch.add_argument("backbone")
     fetch.add_argument("--url", help="URL, file:// URL or path (default: the official tarball)")
-    fetch.add_argument("--cache-dir", default="~/.cache/atrous/weights")
+    fetch.add_argument("--cache-dir", default=None, help="default: ~/.cache/atrous/weights")
     fetch.add_argument("--sha256")
     fetch.add_argument("--force", action="store_true")
     fetch.set_defaults(run=cmd_fetch_weights)
