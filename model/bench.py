@@ -11,7 +11,6 @@ runs of the output op.  Two settings:
 import dataclasses
 import math
 import time
-from collections.abc import Iterable
 
 import tensorflow as tf
 from tqdm import tqdm
@@ -93,6 +92,3 @@ def time_forward(setting: str, batch_size: int, *, num_batches: int = 20, burn_i
     return BenchResult(setting, backbone, size, batch_size, precision, xla, device, mean, sd,
                        num_batches)
 
-
-def run(settings: Iterable[tuple[str, int]], **kwargs: object) -> list[BenchResult]:
-    return [time_forward(setting, batch, **kwargs) for setting, batch in settings]  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from app.cli import main
 from model import bench
 from model.config import ModelConfig
 from model.serving import ModelMetadata
-from model.weights import fetch_weights
+from model.weights import WeightsError, fetch_weights
 
 SMALL = ["--backbone", "cifar_resnet_20", "--input-size", "65"]
 
@@ -173,7 +173,7 @@ def test_fetch_weights_rejects_a_checkpoint_of_another_depth(tmp_path):
     archive = tmp_path / "fake.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(ckpt, arcname="resnet_v1_50.ckpt")
-    with pytest.raises(Exception, match="is not a resnet_v1_50 checkpoint"):
+    with pytest.raises(WeightsError, match="is not a resnet_v1_50 checkpoint"):
         fetch_weights("resnet_v1_50", source=str(archive), cache_dir=tmp_path / "c",
                       progress=False)
 
@@ -184,7 +184,7 @@ def test_tarball_with_escaping_paths_is_refused(tmp_path):
         info = tarfile.TarInfo("../../escaped.ckpt")
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
-    with pytest.raises(Exception, match="not a readable tar archive"):
+    with pytest.raises(WeightsError, match="not a readable tar archive"):
         fetch_weights("resnet_v1_50", source=str(archive), cache_dir=tmp_path / "c",
                       progress=False)
     assert not (tmp_path / "escaped.ckpt").exists()
