@@ -1,8 +1,9 @@
 """Coalesces concurrent requests into batched model calls, with backpressure.
 
 After ray serve's ``@serve.batch`` (``python/ray/serve/batching.py``), minus its two
-weak points: the queue here is bounded (a full queue refuses at once, the caller answers
-503 + Retry-After) and shutdown is an explicit, draining ``stop()`` rather than ``__del__``.
+weak points: the queue here is bounded (a full queue refuses at once with ``QueueFull``)
+and shutdown is an explicit, draining ``stop()`` rather than ``__del__``.  It knows
+nothing of HTTP: its errors are its own (``BatcherError``), mapped by the API layer.
 
 * ``submit`` puts one letterboxed image in the queue and awaits its own future, with a
   deadline; a caller that gives up (deadline, client gone) cancels the future, and the
@@ -24,12 +25,27 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from app.errors import NotReadyError, QueueFullError, RequestTimeoutError
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class BatcherError(Exception):
+    """Why the batcher did not run an image."""
+
+
+class QueueFull(BatcherError):
+    """The queue holds ``max_queue`` images: come back later."""
+
+
+class BatcherStopped(BatcherError):
+    """The batcher is stopped or stopping."""
+
+
+class DeadlineExceeded(BatcherError):
+    """The image's deadline passed before its result."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +74,14 @@ class Batcher:
         model: maps uint8 [N, S, S, 3] images and int32 [N, 2] sizes to [N, S, S] labels.
         max_batch_size: most images per model call.
         max_delay_s: how long the first image of a batch waits for company.
-        max_queue: most images waiting; beyond it ``submit`` raises ``QueueFullError``.
+        max_queue: most images waiting; beyond it ``submit`` raises ``QueueFull``.
         oom_errors: exception types that mean "too big a batch": the batch is split.
-        retry_after_s: the Retry-After a refused caller is given.
         metrics: where to report batch sizes and queue depth (optional).
     """
 
     def __init__(self, model: ModelFn, *, max_batch_size: int, max_delay_s: float,
                  max_queue: int, oom_errors: tuple[type[BaseException], ...] = (MemoryError,),
-                 retry_after_s: int = 1, metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s >= 0")
         self._model = model
@@ -74,7 +89,6 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._oom_errors = oom_errors
-        self._retry_after_s = retry_after_s
         self._metrics = metrics
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -96,10 +110,9 @@ class Batcher:
         return self._queue is not None and self._queue.full()
 
     def check_capacity(self) -> None:
-        """Raises ``QueueFullError`` now if the queue is full (saves decoding the upload)."""
+        """Raises ``QueueFull`` now if the queue is full (saves decoding the upload)."""
         if self.full:
-            raise QueueFullError(f"{self.max_queue} images already queued",
-                                 retry_after=self._retry_after_s)
+            raise QueueFull(f"{self.max_queue} images already queued")
 
     async def start(self) -> None:
         """Starts the worker; call from the event loop that will submit."""
@@ -129,8 +142,7 @@ class Batcher:
             while not self._queue.empty():
                 item = self._queue.get_nowait()
                 if not item.future.done():
-                    item.future.set_exception(NotReadyError("the server is shutting down",
-                                                            retry_after=self._retry_after_s))
+                    item.future.set_exception(BatcherStopped("the server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -141,27 +153,25 @@ class Batcher:
         """Queues one letterboxed image and waits for its labels.
 
         Raises:
-            QueueFullError: the queue is full (answer 503 + Retry-After at once).
-            RequestTimeoutError: ``timeout`` seconds passed before the result.
-            NotReadyError: the batcher is stopped or stopping.
+            QueueFull: the queue is full (refused at once).
+            DeadlineExceeded: ``timeout`` seconds passed before the result.
+            BatcherStopped: the batcher is stopped or stopping.
         """
         if not self._accepting or self._queue is None:
-            raise NotReadyError("the server is not accepting work",
-                                retry_after=self._retry_after_s)
+            raise BatcherStopped("the server is not accepting work")
         now = time.monotonic()
         item = _Item(image, size, asyncio.get_running_loop().create_future(), now, now + timeout)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise QueueFullError(f"{self.max_queue} images already queued",
-                                 retry_after=self._retry_after_s) from None
+            raise QueueFull(f"{self.max_queue} images already queued") from None
         self._set_depth()
         try:
             async with asyncio.timeout(timeout):
                 # A cancelled wait cancels the future, which the worker then skips.
                 return await item.future
         except TimeoutError:
-            raise RequestTimeoutError(f"no result within {timeout:g} s") from None
+            raise DeadlineExceeded(f"no result within {timeout:g} s") from None
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -212,7 +222,7 @@ class Batcher:
             if item.future.done():
                 continue
             if now >= item.deadline:
-                item.future.set_exception(RequestTimeoutError("the deadline passed in the queue"))
+                item.future.set_exception(DeadlineExceeded("the deadline passed in the queue"))
                 continue
             live.append(item)
         return live

@@ -13,10 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.errors import install_error_handlers
-from app.model_loader import load_segmenter
+from app.api.errors import install_error_handlers
+from app.api.routes import health, metrics, model_info, segment
+from app.loader import load_segmenter
 from app.observability import ObservabilityMiddleware
-from app.routes import health, metrics, model_info, segment
 from app.service import Loader, Service
 from app.settings import Settings, get_settings
 

@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from app.api.errors import NotReadyError
 from app.batcher import Batcher
-from app.errors import NotReadyError
+from app.loader import LoadedModel, load_segmenter
 from app.metrics import Metrics
-from app.model_loader import LoadedModel, load_segmenter
 from app.settings import Settings
-from model.serving import ModelMetadata
+from model.inference.contract import ModelMetadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,8 +89,9 @@ class Service:
             loaded = await _in_daemon_thread(self._loader, self.settings)
             batcher = Batcher(loaded.segmenter, max_batch_size=self.settings.max_batch_size,
                               max_delay_s=self.settings.max_batch_delay_ms / 1000,
-                              max_queue=self.settings.max_queue, oom_errors=loaded.oom_errors,
-                              retry_after_s=self.settings.retry_after_s, metrics=self.metrics)
+                              max_queue=self.settings.max_queue,
+                              oom_errors=loaded.segmenter.oom_errors,
+                              metrics=self.metrics)
             await batcher.start()
         except Exception as e:  # noqa: BLE001 - reported, then the process stops
             self.failure = e
@@ -102,7 +103,7 @@ class Service:
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
             self.metrics.ready.set(1)
-            log.info("ready: %s on %s, %.1f s after start", loaded.path, loaded.device,
+            log.info("ready: %s on %s, %.1f s after start", loaded.path, loaded.segmenter.device,
                      time.monotonic() - self.started_at)
 
     async def stop(self) -> None:

@@ -4,14 +4,21 @@ Validated at start-up, so that an impossible configuration fails before the firs
 request: a missing model or checkpoint, or a queue smaller than one batch.
 """
 
+import dataclasses
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.config import ModelConfig
+from model.config import HEADS, PRECISIONS, ModelConfig
+from model.inference.contract import ModelMetadata
+
+# The model fields' defaults are ModelConfig's: one source, no literal repeated here.
+_MODEL: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+Head = Literal[HEADS]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 
 
 class Settings(BaseSettings):
@@ -23,14 +30,14 @@ class Settings(BaseSettings):
     # (the default random-initialised network, announced loudly).
     model: Path | None = Field(None, description="SavedModel directory written by `atrous export`")
     checkpoint: Path | None = Field(None, description="checkpoint to export at start")
-    backbone: str = "resnet_v1_101"
-    # An int, not Literal[8, 16, 32]: environment values are strings, and pydantic does not
-    # coerce "8" to a Literal of ints (ATROUS_OUTPUT_STRIDE=8 would be refused).
-    output_stride: int = Field(16, description="8, 16 or 32")
-    num_classes: int = Field(21, ge=1, le=256)
-    head: Literal["logits", "aspp"] = "logits"
-    input_size: int = 513
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # ModelConfig validates these (ATROUS_OUTPUT_STRIDE stays an int, not a Literal of ints:
+    # environment values are strings, and pydantic does not coerce "8" to Literal[8]).
+    backbone: str = _MODEL["backbone"]
+    output_stride: int = Field(_MODEL["output_stride"], description="8, 16 or 32")
+    num_classes: int = Field(_MODEL["num_classes"], ge=1, le=256)
+    head: Head = _MODEL["head"]
+    input_size: int = _MODEL["input_size"]
+    precision: Precision = _MODEL["precision"]
     cache_dir: Path = Path("~/.cache/atrous/savedmodels")
 
     # Batching and load.
@@ -57,12 +64,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
-        if self.output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
         if self.model is not None and self.checkpoint is not None:
             raise ValueError("set ATROUS_MODEL or ATROUS_CHECKPOINT, not both")
-        if self.model is not None and not (self.model / "saved_model.pb").is_file():
-            raise ValueError(f"ATROUS_MODEL={self.model} is not a SavedModel directory")
+        if self.model is not None:
+            try:
+                ModelMetadata.read(self.model)
+            except ValueError as e:
+                raise ValueError(f"ATROUS_MODEL: {e}") from None
         if self.checkpoint is not None:
             from model.checkpoints import CheckpointError, resolve_checkpoint
 
@@ -74,14 +82,14 @@ class Settings(BaseSettings):
             raise ValueError(f"max_queue ({self.max_queue}) must be at least "
                              f"max_batch_size ({self.max_batch_size})")
         if self.model is None:
-            self.to_model_config()  # unknown backbone, bad input size: fail now
+            self.to_model_config()  # unknown backbone, bad output stride or input size: fail now
         return self
 
     def to_model_config(self) -> ModelConfig:
-        """The network to build when no SavedModel is given."""
-        return ModelConfig(backbone=self.backbone, output_stride=self.output_stride,
-                           num_classes=self.num_classes, head=self.head,
-                           input_size=self.input_size)
+        """The network to build when no model directory is given."""
+        fields: dict[str, Any] = {name: getattr(self, name) for name in _MODEL
+                                  if name in type(self).model_fields}
+        return ModelConfig(**fields)
 
 
 @lru_cache

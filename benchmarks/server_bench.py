@@ -240,7 +240,7 @@ def machine() -> dict[str, object]:
 
 def main() -> None:
     args = parse_args()
-    from model.runner import SavedModelRunner
+    from model.inference.runtimes.savedmodel import SavedModelRunner
 
     path = saved_model(args)
     print(f"SavedModel: {path}", flush=True)

@@ -15,8 +15,8 @@ import time
 import tensorflow as tf
 from tqdm import tqdm
 
-from model import network
 from model.config import ModelConfig
+from model.nets import network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,21 +47,21 @@ HEADER = ("| setting | backbone | size | batch | precision | XLA | device | s/ba
 
 
 def _output_op(setting: str, batch: int, precision: str) -> tuple[tf.Tensor, str, int]:
-    dtype = network.COMPUTE_DTYPES[precision]
     if setting == "classification":
-        from model.slim_compat import resnet_utils, resnet_v2, slim
+        from model.nets.slim_compat import resnet_utils, resnet_v2, slim
 
         size = 224
         images = tf.random.uniform([batch, size, size, 3], -1.0, 1.0)
         with slim.arg_scope(resnet_utils.resnet_arg_scope()):
-            logits, _ = resnet_v2.resnet_v2_152(tf.cast(images, dtype), num_classes=1000,
+            logits, _ = resnet_v2.resnet_v2_152(tf.cast(images, network.COMPUTE_DTYPES[precision]),
+                                                num_classes=1000,
                                                 is_training=False)
         return tf.cast(logits, tf.float32), "resnet_v2_152", size
-    config = ModelConfig()
+    config = ModelConfig(precision=precision)
     size = config.input_size
     images = tf.cast(tf.random.uniform([batch, size, size, 3], 0, 256, tf.int32), tf.uint8)
     sizes = tf.fill([batch, 2], size)
-    return network.predict_labels(images, sizes, config, dtype=dtype), config.backbone, size
+    return network.predict_labels(images, sizes, config), config.backbone, size
 
 
 def time_forward(setting: str, batch_size: int, *, num_batches: int = 20, burn_in: int = 10,

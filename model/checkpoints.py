@@ -23,9 +23,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from model.backbones import BACKBONES, get_backbone
 from model.config import ModelConfig
-from model.network import LOGITS_BRANCH, LOGITS_SCOPE, head_scopes
+from model.nets.backbones import BACKBONES, get_backbone
+from model.nets.network import LOGITS_BRANCH, LOGITS_SCOPE, head_scopes
 
 log = logging.getLogger(__name__)
 

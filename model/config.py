@@ -18,11 +18,12 @@ class ModelConfig:
     """What a segmentation network is: backbone, density, head, classes and input size.
 
     Attributes:
-        backbone: a name from ``model.backbones.BACKBONES``.
+        backbone: a name from ``model.nets.backbones.BACKBONES``.
         output_stride: input/feature resolution ratio, 8, 16 or 32 (atrous units reach it).
         num_classes: logits channels (21 for PASCAL VOC).
         head: ``"logits"`` (one 1x1 convolution) or ``"aspp"`` (DeepLabv3 ASPP then 1x1).
         input_size: side of the square network input; must be 32k+1 (513 in DeepLab).
+        precision: compute dtype, ``fp32``, ``fp16`` or ``bf16`` (variables stay fp32).
         weight_decay, batch_norm_decay, batch_norm_epsilon: the slim arg_scope parameters.
     """
 
@@ -31,13 +32,14 @@ class ModelConfig:
     num_classes: int = 21
     head: str = "logits"
     input_size: int = DEFAULT_INPUT_SIZE
+    precision: str = "fp32"
     weight_decay: float = 1e-4
     batch_norm_decay: float = 0.997
     batch_norm_epsilon: float = 1e-5
 
     def __post_init__(self) -> None:
         # Imported here so that config stays importable without TensorFlow.
-        from model.backbones import BACKBONES
+        from model.nets.backbones import BACKBONES
 
         if self.backbone not in BACKBONES:
             raise ValueError(
@@ -64,6 +66,10 @@ class ModelConfig:
             raise ValueError(
                 f"input_size must be 32k+1 and at least 33 (e.g. 321, 513), got {self.input_size!r}"
             )
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def logits_size(self) -> int:

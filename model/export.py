@@ -1,6 +1,6 @@
-"""SavedModel export: the graph ``model.runner`` and the server load without tf-slim.
+"""SavedModel export: the graph the inference runtimes and the server load without tf-slim.
 
-The exported ``serving_default`` signature is documented in ``model.serving``.  The
+The exported ``serving_default`` signature is documented in ``model.inference.contract``.  The
 graph is built in TF1 graph mode (tf-slim's home), variables are initialised with a
 fixed seed, then restored from a checkpoint when one is given.
 """
@@ -17,10 +17,17 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from model import checkpoints, network
-from model.config import PRECISIONS, ModelConfig
-from model.labels import class_labels, voc_colormap
-from model.serving import INPUT_IMAGES, INPUT_SIZES, OUTPUT_LABELS, SIGNATURE_NAME, ModelMetadata
+from model import checkpoints
+from model.config import ModelConfig
+from model.inference.contract import (
+    INPUT_IMAGES,
+    INPUT_SIZES,
+    OUTPUT_LABELS,
+    SIGNATURE_NAME,
+    ModelMetadata,
+)
+from model.inference.labels import class_labels, voc_colormap
+from model.nets import network
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +39,20 @@ class UntrainedModelWarning(UserWarning):
 
 
 def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
-                       checkpoint: str | Path | None = None, precision: str = "fp32",
-                       seed: int = 0, overwrite: bool = False) -> ModelMetadata:
+                       checkpoint: str | Path | None = None, seed: int = 0,
+                       overwrite: bool = False) -> ModelMetadata:
     """Builds the inference graph, restores weights and writes a SavedModel.
 
     Args:
-        config: the network configuration.
+        config: the network configuration, compute precision included.
         out_dir: SavedModel directory to create (written atomically).
         checkpoint: weights to restore; None keeps the seeded random initialisation.
-        precision: compute dtype, ``fp32``, ``fp16`` or ``bf16`` (variables stay fp32).
         seed: graph-level seed of the random initialisation.
         overwrite: replace an existing ``out_dir``.
 
     Returns:
         the metadata written beside the SavedModel.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
@@ -58,8 +62,7 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
         tf.compat.v1.set_random_seed(seed)
         images = tf.compat.v1.placeholder(tf.uint8, [None, size, size, 3], name=INPUT_IMAGES)
         sizes = tf.compat.v1.placeholder(tf.int32, [None, 2], name=INPUT_SIZES)
-        labels = network.predict_labels(images, sizes, config,
-                                        dtype=network.COMPUTE_DTYPES[precision])
+        labels = network.predict_labels(images, sizes, config)
         labels = tf.identity(labels, name=OUTPUT_LABELS)
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(tf.compat.v1.global_variables_initializer())
@@ -88,7 +91,7 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
     metadata = ModelMetadata(
         backbone=config.backbone, output_stride=config.output_stride,
         num_classes=config.num_classes, head=config.head, input_size=config.input_size,
-        precision=precision, trained=trained, weights=weights,
+        precision=config.precision, trained=trained, weights=weights,
         labels=tuple(class_labels(config.num_classes)),
         colors=tuple((int(r), int(g), int(b)) for r, g, b in voc_colormap(config.num_classes)),
         tensorflow_version=tf.__version__,
@@ -105,23 +108,22 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
     return metadata
 
 
-def cache_key(config: ModelConfig, checkpoint: str | Path | None, precision: str) -> str:
-    """A name that changes whenever the export would: config, precision, checkpoint files."""
-    fingerprint: dict[str, object] = {"config": dataclasses.asdict(config),
-                                      "precision": precision, "tf": tf.__version__}
+def cache_key(config: ModelConfig, checkpoint: str | Path | None) -> str:
+    """A name that changes whenever the export would: config (precision too), checkpoint files."""
+    fingerprint: dict[str, object] = {"config": dataclasses.asdict(config), "tf": tf.__version__}
     if checkpoint is not None:
         path = Path(checkpoints.resolve_checkpoint(checkpoint))
         files = sorted(p for p in path.parent.glob(path.name + "*") if p.is_file())
         fingerprint["checkpoint"] = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
                                      for p in files]
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    return f"{config.backbone}-os{config.output_stride}-{precision}-{digest[:16]}"
+    return f"{config.backbone}-os{config.output_stride}-{config.precision}-{digest[:16]}"
 
 
 def cached_export(config: ModelConfig, cache_dir: str | Path, *,
-                  checkpoint: str | Path | None = None, precision: str = "fp32") -> Path:
-    """Exports once per (config, checkpoint, precision) into ``cache_dir`` and reuses it."""
-    target = Path(cache_dir).expanduser() / cache_key(config, checkpoint, precision)
+                  checkpoint: str | Path | None = None) -> Path:
+    """Exports once per (config, checkpoint) into ``cache_dir`` and reuses it."""
+    target = Path(cache_dir).expanduser() / cache_key(config, checkpoint)
     try:
         ModelMetadata.read(target)
         log.info("using cached SavedModel %s", target)
@@ -130,7 +132,7 @@ def cached_export(config: ModelConfig, cache_dir: str | Path, *,
         if target.exists():  # an interrupted export from an older version: replace it
             shutil.rmtree(target, ignore_errors=True)
     try:
-        export_saved_model(config, target, checkpoint=checkpoint, precision=precision)
+        export_saved_model(config, target, checkpoint=checkpoint)
     except FileExistsError:
         # Another process sharing the cache finished the same export first: use theirs,
         # never delete a directory it may be loading.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model.backbones import get_backbone
+from model.nets.backbones import get_backbone
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model import network
-from model.backbones import Backbone, get_backbone
 from model.config import ModelConfig
+from model.nets import network
+from model.nets.backbones import Backbone, get_backbone
 
 # Hand-set "colour routing" network: the stem copies +RGB and -RGB (after mean
 # subtraction) into six channels, every shortcut passes them on, every residual branch

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from app.cli import build_parser
+from app.cli.main import build_parser
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,7 +11,8 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    command = "pip install -e '.[dev]' -e ./client && python -m pytest"
+    command = ("pip install -e '.[dev]' -e ./client && ruff check . && mypy app model client "
+               "&& python -m pytest")
     assert f"\n{command}\n" in README
     assert f"\n{command}\n" in (ROOT / ".ci/run").read_text()
 

@@ -53,7 +53,8 @@ class ModelInfo:
     trained: bool | None = None
     precision: str | None = None
     device: str | None = None
-    tensorflow_version: str | None = None
+    runtime: str | None = None
+    runtime_version: str | None = None
     batching: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -81,7 +82,8 @@ class ModelInfo:
             trained=data.get("trained"),
             precision=data.get("precision"),
             device=data.get("device"),
-            tensorflow_version=data.get("tensorflow_version"),
+            runtime=data.get("runtime"),
+            runtime_version=data.get("runtime_version"),
             batching=dict(data.get("batching") or {}),
             raw=dict(data),
         )

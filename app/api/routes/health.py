@@ -1,0 +1,23 @@
+"""Liveness and readiness probes."""
+
+from fastapi import APIRouter
+
+from app.api.deps import ServiceDep
+from app.api.schemas import ErrorEnvelope, Status
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """Liveness: 200 while the process runs."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status,
+            responses={503: {"model": ErrorEnvelope,
+                             "description": "loading, warming up or shutting down"}})
+async def readyz(service: ServiceDep) -> Status:
+    """Readiness: 200 once the model is loaded and warmed, 503 before and while draining."""
+    service.require_ready()
+    return Status(status="ready")

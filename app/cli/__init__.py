@@ -1,0 +1,1 @@
+"""The ``atrous`` command line (``app.cli.main``)."""

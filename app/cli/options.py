@@ -1,0 +1,54 @@
+"""Options and helpers shared by the commands: the model flags come from ``ModelConfig``."""
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from model.config import HEADS, OUTPUT_STRIDES, PRECISIONS, ModelConfig
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+# The fields a user picks on the command line (the arg_scope constants stay ModelConfig's).
+MODEL_FLAGS: dict[str, dict[str, Any]] = {
+    "backbone": {},
+    "output_stride": {"type": int, "choices": OUTPUT_STRIDES},
+    "num_classes": {"type": int},
+    "head": {"choices": HEADS},
+    "input_size": {"type": int},
+    "precision": {"choices": PRECISIONS},
+}
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per user-facing ``ModelConfig`` field, with its default."""
+    group = parser.add_argument_group("network (when building from a checkpoint)")
+    for name, kwargs in MODEL_FLAGS.items():
+        group.add_argument("--" + name.replace("_", "-"), default=_DEFAULTS[name],
+                           help=f"default {_DEFAULTS[name]}", **kwargs)
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(**{name: getattr(args, name) for name in MODEL_FLAGS})
+
+
+@contextlib.contextmanager
+def untrained_warnings_to_stderr() -> Iterator[None]:
+    """An untrained export is worth one plain line on stderr, not a Python warning."""
+    from model.export import UntrainedModelWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UntrainedModelWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, UntrainedModelWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+
+
+def batch_size(text: str) -> Any:
+    return [int(x) for x in text.split(",")]

@@ -1,0 +1,116 @@
+"""atrous segment: image files -> mask PNGs or overlays, locally or through a server."""
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.cli.options import add_model_options, model_config, untrained_warnings_to_stderr
+
+Segment = Callable[[list[Any]], list[Any]]
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("segment", help="segment image files into masks")
+    parser.add_argument("images", nargs="+", type=Path)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--checkpoint")
+    where.add_argument("--model", type=Path, help="SavedModel directory")
+    where.add_argument("--url", help="a running atrous server (uses the SDK)")
+    parser.add_argument("-o", "--out", required=True, type=Path)
+    parser.add_argument("--format", choices=("png", "overlay"), default="png")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-pixels", type=int, default=40_000_000)
+    add_model_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        segment = _remote_segmenter(args.url, stack) if args.url else _local_segmenter(args)
+        failures = _segment_files(args, segment)
+    done = len(args.images) - failures
+    print(f"segmented {done} of {len(args.images)} images into {args.out}")
+    return 1 if failures else 0
+
+
+def _local_segmenter(args: argparse.Namespace) -> Segment:
+    from app.settings import Settings
+    from model.inference.pipeline import segment_images
+    from model.inference.runtimes import load_runtime
+
+    if args.model:
+        model = args.model
+    else:
+        from model.export import cached_export
+
+        with untrained_warnings_to_stderr():
+            model = cached_export(model_config(args), Settings.model_fields["cache_dir"].default,
+                                  checkpoint=args.checkpoint)
+    segmenter = load_runtime(model)
+    return lambda images: segment_images(segmenter, images)
+
+
+def _remote_segmenter(url: str, stack: contextlib.ExitStack) -> Segment:
+    try:
+        from atrous_client import AtrousClient
+    except ImportError:
+        raise SystemExit("atrous segment --url needs the SDK: pip install ./client") from None
+    client = stack.enter_context(AtrousClient(base_url=url))
+
+    def segment(images: list[Any]) -> list[Any]:
+        # Images go up decoded and oriented (as lossless PNG), so the server sees exactly
+        # the pixels the offline command would segment; errors come back per image.
+        results = client.segment_many(images, concurrency=len(images))
+        return [r if isinstance(r, Exception) else r.mask for r in results]
+
+    return segment
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _segment_files(args: argparse.Namespace, segment: Segment) -> int:
+    """Segments ``args.images`` in batches, writing one file each; returns the failures."""
+    from tqdm import tqdm
+
+    from model.inference.encoding import mask_png, overlay_jpeg
+    from model.inference.imaging import ImageError, load_image
+
+    failures = 0
+    suffix = ".png" if args.format == "png" else ".jpg"
+    with tqdm(total=len(args.images), unit="image", disable=len(args.images) < 2) as bar:
+        for batch in _batches(args.images, args.batch_size):
+            loaded = []
+            for path in batch:
+                try:
+                    loaded.append((path, load_image(path.read_bytes(),
+                                                    max_pixels=args.max_pixels)))
+                except (OSError, ImageError) as e:
+                    failures += 1
+                    tqdm.write(f"error: {path}: {e}", file=sys.stderr)
+                    bar.update()
+            if not loaded:
+                continue
+            try:
+                masks = segment([image for _, image in loaded])
+            except Exception as e:  # one bad batch (e.g. a server error) must not stop the run
+                failures += len(loaded)
+                tqdm.write(f"error: {', '.join(str(p) for p, _ in loaded)}: {e}", file=sys.stderr)
+                bar.update(len(loaded))
+                continue
+            for (path, image), mask in zip(loaded, masks, strict=True):
+                if isinstance(mask, Exception):  # a per-image error from the server
+                    failures += 1
+                    tqdm.write(f"error: {path}: {mask}", file=sys.stderr)
+                    bar.update()
+                    continue
+                data = mask_png(mask) if args.format == "png" else overlay_jpeg(image, mask)
+                (args.out / (path.stem + suffix)).write_bytes(data)
+                bar.update()
+    return failures

@@ -1,0 +1,58 @@
+"""Settings -> a warmed ``Segmenter``: what the server serves, on which runtime.
+
+A model directory is loaded as is; a checkpoint is exported (and cached) first; with
+neither, the default random-initialised network is exported and served, with a loud
+warning.  ``model.export`` (and so tf-slim) is imported only in the last two cases, at
+start-up: the request path never imports it.
+"""
+
+import dataclasses
+import logging
+import warnings
+from pathlib import Path
+
+from app.settings import Settings
+from model.inference.contract import Segmenter
+from model.inference.runtimes import load_runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A warmed segmenter and where it came from."""
+
+    segmenter: Segmenter
+    path: Path
+
+
+def resolve_model_dir(settings: Settings) -> Path:
+    """The model directory to serve, exporting (cached) a checkpoint or the default."""
+    if settings.model is not None:
+        return settings.model
+    from model.export import cached_export  # start-up only: imports tf-slim
+
+    config = settings.to_model_config()
+    if settings.checkpoint is None:
+        log.warning("=" * 72)
+        log.warning("NO MODEL OR CHECKPOINT GIVEN: serving a RANDOMLY INITIALISED %s "
+                    "(output stride %d); its masks are meaningless. Set ATROUS_MODEL or "
+                    "ATROUS_CHECKPOINT.", config.backbone, config.output_stride)
+        log.warning("=" * 72)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = cached_export(config, settings.cache_dir, checkpoint=settings.checkpoint)
+    for warning in caught:
+        log.warning("export: %s", warning.message)
+    return path
+
+
+def load_segmenter(settings: Settings) -> LoadedModel:
+    """Loads (exporting first if needed) and warms up every batch size the batcher can form."""
+    path = resolve_model_dir(settings)
+    log.info("loading %s; warming up batch sizes 1..%d", path, settings.max_batch_size)
+    segmenter = load_runtime(path, warmup_batch_sizes=range(1, settings.max_batch_size + 1),
+                             gpu_memory_growth=settings.gpu_memory_growth)
+    log.info("runtime %s %s on %s", segmenter.runtime, segmenter.runtime_version,
+             segmenter.device)
+    return LoadedModel(segmenter=segmenter, path=path)

@@ -1,0 +1,95 @@
+"""The serving contract: signature names, the metadata beside a model, the runtime seam.
+
+A SavedModel written by ``model.export`` has one signature, ``serving_default``::
+
+    images: uint8 [N, S, S, 3]  RGB, letterboxed: image at the top left, S = input_size
+    sizes:  int32 [N, 2]        valid (height, width) of each image inside the S x S canvas
+    ->
+    labels: uint8 [N, S, S]     class ids (argmax in the graph; only labels leave the device)
+
+and ``assets.extra/atrous.json`` with the ``ModelMetadata`` below.  A runtime
+(``model.inference.runtimes``) loads such a model and is a ``Segmenter``: the one seam
+between the inference pipeline and whatever engine runs the network.  Nothing here
+imports TensorFlow.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+SIGNATURE_NAME = "serving_default"
+INPUT_IMAGES = "images"
+INPUT_SIZES = "sizes"
+OUTPUT_LABELS = "labels"
+METADATA_PATH = Path("assets.extra") / "atrous.json"
+METADATA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+    """What the server and clients need to know about an exported model."""
+
+    backbone: str
+    output_stride: int
+    num_classes: int
+    head: str
+    input_size: int
+    precision: str
+    trained: bool
+    weights: str
+    labels: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    tensorflow_version: str
+    version: int = METADATA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["labels"] = tuple(values["labels"])
+        values["colors"] = tuple(tuple(c) for c in values["colors"])
+        return cls(**values)
+
+    @classmethod
+    def read(cls, saved_model_dir: str | Path) -> "ModelMetadata":
+        path = Path(saved_model_dir) / METADATA_PATH
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ValueError(
+                f"{saved_model_dir} is not an atrous model directory: {METADATA_PATH} is missing"
+            ) from None
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not valid atrous metadata: {e}") from None
+
+    def write(self, saved_model_dir: str | Path) -> None:
+        path = Path(saved_model_dir) / METADATA_PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+
+
+class Segmenter(Protocol):
+    """A loaded, warmed model: letterboxed uint8 images [N, S, S, 3] and int32 valid sizes
+    [N, 2] -> uint8 labels [N, S, S].
+
+    Attributes:
+        metadata: what was exported (backbone, input size, labels, ...).
+        runtime: the engine that runs it (``"tensorflow"``).
+        runtime_version: that engine's version.
+        device: where it runs, e.g. ``"CPU"`` or ``"GPU:0 (NVIDIA H100)"``.
+        oom_errors: exceptions meaning "this batch is too big": the batcher splits it.
+    """
+
+    metadata: ModelMetadata
+    runtime: str
+    runtime_version: str
+    device: str
+    oom_errors: tuple[type[BaseException], ...]
+
+    def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray: ...

@@ -1,0 +1,88 @@
+"""The TensorFlow runtime: an atrous SavedModel loaded with plain ``tf.saved_model.load``.
+
+Loading, device set-up and warm-up happen once in ``__init__``; calling the runner maps a
+letterboxed uint8 batch to uint8 labels.  Only TensorFlow is imported here, never tf-slim,
+so the request path of the server stays free of it.
+"""
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from model.inference.contract import (
+    INPUT_IMAGES,
+    INPUT_SIZES,
+    OUTPUT_LABELS,
+    SIGNATURE_NAME,
+    ModelMetadata,
+)
+
+log = logging.getLogger(__name__)
+
+RUNTIME = "tensorflow"
+
+
+def configure_devices(memory_growth: bool) -> str:
+    """Turns on GPU memory growth (before anything allocates) and names the device used."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, memory_growth)
+        except RuntimeError as e:  # already initialised in this process: keep going
+            log.warning("could not set memory growth on %s: %s", gpu.name, e)
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    name = details.get("device_name", "GPU")
+    return f"GPU:0 ({name})" + (f" + {len(gpus) - 1} more" if len(gpus) > 1 else "")
+
+
+class SavedModelRunner:
+    """Loads an atrous SavedModel; a ``Segmenter``.
+
+    Args:
+        path: the SavedModel directory.
+        warmup_batch_sizes: batch sizes run once at load, so that no request pays for
+            graph tracing or kernel autotuning.
+        gpu_memory_growth: allocate GPU memory as needed rather than all at once.
+    """
+
+    runtime = RUNTIME
+
+    def __init__(self, path: str | Path, warmup_batch_sizes: Iterable[int] = (), *,
+                 gpu_memory_growth: bool = True) -> None:
+        import tensorflow as tf
+
+        self.path = Path(path)
+        self.metadata = ModelMetadata.read(self.path)
+        self.device = configure_devices(gpu_memory_growth)
+        self.runtime_version: str = tf.__version__
+        self.oom_errors: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedError,
+                                                            MemoryError)
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(self.path))
+        self._signature = self._loaded.signatures[SIGNATURE_NAME]
+        size = self.metadata.input_size
+        for batch in warmup_batch_sizes:
+            self(np.zeros((batch, size, size, 3), np.uint8),
+                 np.full((batch, 2), size, np.int32))
+
+    def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] and int32 [N, 2] -> uint8 [N, S, S] class ids."""
+        size = self.metadata.input_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must be uint8 [N, {size}, {size}, 3], "
+                             f"got {images.dtype} {list(images.shape)}")
+        sizes = np.asarray(sizes, np.int32)
+        if sizes.shape != (len(images), 2):
+            raise ValueError(f"sizes must be int32 [{len(images)}, 2], got {list(sizes.shape)}")
+        outputs = self._signature(**{
+            INPUT_IMAGES: self._tf.constant(images),
+            INPUT_SIZES: self._tf.constant(sizes),
+        })
+        labels: np.ndarray = outputs[OUTPUT_LABELS].numpy()
+        return labels
