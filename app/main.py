@@ -13,12 +13,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.api import auth
 from app.api.errors import install_error_handlers
 from app.api.routes import health, metrics, model_info, segment
 from app.loader import load_segmenter
 from app.observability import ObservabilityMiddleware
 from app.service import Loader, Service
 from app.settings import Settings, get_settings
+from app.web import routes as web
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_segmen
     """
     settings = settings or get_settings()
     _configure_logging()
+    auth.log_policy(settings)
     service = Service(settings, loader, handle_signals=handle_signals)
 
     @asynccontextmanager
@@ -51,8 +54,13 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_segmen
                   description="DeepLab-style semantic segmentation. See docs/http-api.md.")
     app.state.service = service
     app.dependency_overrides[get_settings] = lambda: settings
-    for router in (segment.router, health.router, model_info.router, metrics.router):
-        app.include_router(router)
+    # With API keys set, `keyed` holds the dependency that checks them (else nothing).
+    keyed = auth.guard(settings)
+    app.include_router(segment.router, **keyed)
+    app.include_router(model_info.router, **keyed)
+    app.include_router(metrics.router, **({} if settings.metrics_public else keyed))
+    app.include_router(health.router)
+    app.include_router(web.router)  # the page stays open, so that a user can type a key
     install_error_handlers(app)
     app.add_middleware(ObservabilityMiddleware, metrics=service.metrics)
     return app

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.config import HEADS, PRECISIONS, ModelConfig
@@ -24,7 +24,9 @@ Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 class Settings(BaseSettings):
     """Everything the server can be told; see ``deploy/.env.example`` for the defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="ATROUS_", extra="ignore")
+    # hide_input_in_errors: a validation error must never print an API key (or any input).
+    model_config = SettingsConfigDict(env_prefix="ATROUS_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     # What to serve: a SavedModel, or a checkpoint exported (and cached) at start, or neither
     # (the default random-initialised network, announced loudly).
@@ -58,9 +60,28 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
 
+    # Access control. No keys (the default): every route is open.
+    api_keys: SecretStr | None = Field(
+        None, description="comma-separated API keys; when set (or api_keys_file), /segment and "
+        "/v1/model need `Authorization: Bearer <key>`")
+    api_keys_file: Path | None = Field(
+        None, description="file with one API key per line (blank lines and # comments skipped)")
+    metrics_public: bool = Field(
+        True, description="serve /metrics without a key even when API keys are set")
+
     # Where to listen (used by `atrous serve`).
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+
+    _api_keys: tuple[bytes, ...] = PrivateAttr(())
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `ATROUS_API_KEYS=` (as in deploy/.env.example or an empty k8s Secret) means no keys.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -83,13 +104,53 @@ class Settings(BaseSettings):
                              f"max_batch_size ({self.max_batch_size})")
         if self.model is None:
             self.to_model_config()  # unknown backbone, bad output stride or input size: fail now
+        self._api_keys = self._read_api_keys()
+        if not self.metrics_public and not self._api_keys:
+            raise ValueError("ATROUS_METRICS_PUBLIC=false needs API keys "
+                             "(ATROUS_API_KEYS or ATROUS_API_KEYS_FILE)")
         return self
+
+    def _read_api_keys(self) -> tuple[bytes, ...]:
+        keys: list[str] = []
+        if self.api_keys is not None:
+            keys += _api_keys_in("ATROUS_API_KEYS", self.api_keys.get_secret_value().split(","))
+            if not keys:
+                raise ValueError("ATROUS_API_KEYS holds no key (comma-separated keys expected)")
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.expanduser().read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"ATROUS_API_KEYS_FILE: cannot read {self.api_keys_file}: "
+                                 f"{e}") from None
+            from_file = _api_keys_in(f"ATROUS_API_KEYS_FILE ({self.api_keys_file})",
+                                     [line for line in lines
+                                      if not line.lstrip().startswith("#")])
+            if not from_file:
+                raise ValueError(f"ATROUS_API_KEYS_FILE ({self.api_keys_file}) holds no key")
+            keys += from_file
+        return tuple(dict.fromkeys(key.encode("ascii") for key in keys))
+
+    @property
+    def accepted_api_keys(self) -> tuple[bytes, ...]:
+        """The API keys a request may present (from both settings); empty: no access control."""
+        return self._api_keys
 
     def to_model_config(self) -> ModelConfig:
         """The network to build when no model directory is given."""
         fields: dict[str, Any] = {name: getattr(self, name) for name in _MODEL
                                   if name in type(self).model_fields}
         return ModelConfig(**fields)
+
+
+def _api_keys_in(source: str, candidates: list[str]) -> list[str]:
+    """The non-blank keys among ``candidates``; each must fit an HTTP header token."""
+    keys = [key.strip() for key in candidates if key.strip()]
+    for number, key in enumerate(keys, 1):
+        if not all("!" <= char <= "~" for char in key):
+            # Never echo the key itself: the message ends up in logs.
+            raise ValueError(f"{source}: key {number} has a space, a control or a non-ASCII "
+                             "character (keys are printable ASCII without spaces)")
+    return keys
 
 
 @lru_cache

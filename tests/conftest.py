@@ -100,3 +100,45 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+# --- a server with known masks and API keys (the web page, the SDK and the CLI use it) ----
+
+PAINTED_API_KEYS = ("painted-key-one", "painted-key-two")
+PAINTED_MAX_UPLOAD_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def painted_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small resnet_v1_50 (2 units per block), OS 8, 129 x 129 SavedModel with the hand-set
+    "colour routing" weights of ``checkpoint_factory``: red -> person, green -> aeroplane,
+    blue -> car, black -> background. Exported in-process, so the server only loads it."""
+    import dataclasses
+    from unittest import mock
+
+    from model.config import ModelConfig
+    from model.export import export_saved_model
+    from model.nets import network
+    from model.nets.backbones import get_backbone
+    from tests import checkpoint_factory
+
+    config = ModelConfig(backbone="resnet_v1_50", output_stride=8, input_size=129)
+    # Depths (2, 2, 4, 8): every block keeps at least the six routed colour channels.
+    small = dataclasses.replace(get_backbone("resnet_v1_50"), units=(2, 2, 2, 2),
+                                base_depths=(2, 2, 4, 8))
+    root = tmp_path_factory.mktemp("painted")
+    checkpoint = checkpoint_factory.write_checkpoint(
+        config, root / "painted.ckpt", backbone=small,
+        values=checkpoint_factory.color_routing_value)
+    with mock.patch.object(network, "get_backbone", lambda name: small):
+        export_saved_model(config, root / "savedmodel", checkpoint=checkpoint)
+    return root / "savedmodel"
+
+
+@pytest.fixture(scope="session")
+def painted_server(server_factory, painted_saved_model: Path) -> "ServerProcess":
+    """A real server process with ``PAINTED_API_KEYS``: the keyed routes need one of them."""
+    return server_factory({"ATROUS_MODEL": str(painted_saved_model),
+                           "ATROUS_API_KEYS": ",".join(PAINTED_API_KEYS),
+                           "ATROUS_MAX_UPLOAD_BYTES": str(PAINTED_MAX_UPLOAD_BYTES),
+                           "ATROUS_MAX_BATCH_SIZE": "2"})

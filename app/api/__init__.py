@@ -1,0 +1,1 @@
+"""The HTTP API layer: routes, their dependencies, errors and schemas."""

@@ -51,6 +51,23 @@ class CorruptImageError(AtrousError):
     status, code, default_message = 400, "corrupt_image", "the image could not be decoded"
 
 
+class UnauthorizedError(AtrousError):
+    """No API key, or a wrong one, while the server has keys (RFC 6750 challenge)."""
+
+    status, code = 401, "unauthorized"
+    default_message = "this server needs an API key: send `Authorization: Bearer <key>`"
+
+    def __init__(self, message: str | None = None, *, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        self.invalid_token = invalid_token
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="atrous"'
+        if self.invalid_token:
+            challenge += ', error="invalid_token"'
+        return {"WWW-Authenticate": challenge}
+
+
 class NotFoundError(AtrousError):
     status, code, default_message = 404, "not_found", "no such path"
 

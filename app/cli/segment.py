@@ -19,6 +19,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--checkpoint")
     where.add_argument("--model", type=Path, help="SavedModel directory")
     where.add_argument("--url", help="a running atrous server (uses the SDK)")
+    parser.add_argument("--api-key", help="for --url: the server's API key "
+                        "[default: $ATROUS_API_KEY]")
     parser.add_argument("-o", "--out", required=True, type=Path)
     parser.add_argument("--format", choices=("png", "overlay"), default="png")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -28,9 +30,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.api_key and not args.url:
+        print("atrous segment: --api-key goes with --url", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        segment = _remote_segmenter(args.url, stack) if args.url else _local_segmenter(args)
+        if args.url:
+            remote = _remote_segmenter(args.url, args.api_key, stack)
+            if remote is None:
+                return 2
+            segment = remote
+        else:
+            segment = _local_segmenter(args)
         failures = _segment_files(args, segment)
     done = len(args.images) - failures
     print(f"segmented {done} of {len(args.images)} images into {args.out}")
@@ -54,12 +65,23 @@ def _local_segmenter(args: argparse.Namespace) -> Segment:
     return lambda images: segment_images(segmenter, images)
 
 
-def _remote_segmenter(url: str, stack: contextlib.ExitStack) -> Segment:
+def _remote_segmenter(url: str, api_key: str | None,
+                      stack: contextlib.ExitStack) -> Segment | None:
+    """Segments through the server at ``url``; None (after saying why) if it refuses the key."""
     try:
-        from atrous_client import AtrousClient
+        from atrous_client import AtrousClient, AtrousError, AuthenticationError
     except ImportError:
         raise SystemExit("atrous segment --url needs the SDK: pip install ./client") from None
-    client = stack.enter_context(AtrousClient(base_url=url))
+    # api_key None: the SDK reads $ATROUS_API_KEY.
+    client = stack.enter_context(AtrousClient(base_url=url, api_key=api_key))
+    try:
+        client.model_info()  # a refused key fails once here, not once per image
+    except AuthenticationError as e:
+        print(f"atrous segment: {url}: {e.message} (--api-key or ATROUS_API_KEY)",
+              file=sys.stderr)
+        return None
+    except AtrousError:  # unreachable, not ready, ...: reported per image below
+        pass
 
     def segment(images: list[Any]) -> list[Any]:
         # Images go up decoded and oriented (as lossless PNG), so the server sees exactly

@@ -37,6 +37,7 @@ from ._version import __version__
 log = logging.getLogger("atrous_client")
 
 ENV_BASE_URL = "ATROUS_URL"
+ENV_API_KEY = "ATROUS_API_KEY"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 2
@@ -66,7 +67,7 @@ class BaseClient(Generic[_HttpxClientT]):
     max_retries: int
 
     def __init__(self, *, base_url: str | httpx.URL | None, timeout: float | httpx.Timeout,
-                 max_retries: int) -> None:
+                 max_retries: int, api_key: str | None = None) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         # An explicit argument beats the environment, which beats the local default.
@@ -76,6 +77,9 @@ class BaseClient(Generic[_HttpxClientT]):
             raise ValueError(f"base_url must be an http(s) URL, got {str(url)!r}")
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.max_retries = max_retries
+        # An explicit argument beats the environment; "" means no key even if the variable is set.
+        self._api_key = check_api_key(api_key if api_key is not None
+                                      else os.environ.get(ENV_API_KEY))
         self._model_info: ModelInfo | None = None
 
     def __repr__(self) -> str:
@@ -87,7 +91,10 @@ class BaseClient(Generic[_HttpxClientT]):
         return self._client.is_closed
 
     def _default_headers(self) -> dict[str, str]:
-        return {"User-Agent": f"atrous-client/{__version__}"}
+        headers = {"User-Agent": f"atrous-client/{__version__}"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
 
     def _build_request(self, method: str, path: str, *, content: bytes | None = None,
                        params: Mapping[str, str] | None = None,
@@ -191,6 +198,18 @@ class BaseClient(Generic[_HttpxClientT]):
                               request_id=response.headers.get("X-Request-ID")) from None
         self._model_info = info
         return info
+
+
+def check_api_key(api_key: str | None) -> str | None:
+    """The key, stripped (None when blank); ValueError if it cannot travel in a header
+    (the message never echoes the key)."""
+    key = (api_key or "").strip()
+    if not key:
+        return None
+    if not all("!" <= char <= "~" for char in key):
+        raise ValueError("api_key must be printable ASCII without spaces "
+                         f"(from the argument or ${ENV_API_KEY})")
+    return key
 
 
 def check_format(format: str) -> None:

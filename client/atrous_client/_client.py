@@ -46,14 +46,18 @@ class AtrousClient(BaseClient[httpx.Client]):
         max_retries: extra attempts after a 429/503/504 or a connection error.
         transport: an ``httpx`` transport, e.g. ``httpx.MockTransport(handler)`` in tests.
         headers: extra headers sent with every request.
+        api_key: sent as ``Authorization: Bearer <key>`` to a server with API keys;
+            None (the default) reads ``$ATROUS_API_KEY``; ``""`` sends no key.
     """
 
     def __init__(self, base_url: str | httpx.URL | None = None, *,
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
                  max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.BaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries)
+                 headers: Mapping[str, str] | None = None,
+                 api_key: str | None = None) -> None:
+        super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries,
+                         api_key=api_key)
         self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout,
                                     transport=transport,
                                     headers={**self._default_headers(), **(headers or {})})
@@ -224,8 +228,10 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
                  max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries)
+                 headers: Mapping[str, str] | None = None,
+                 api_key: str | None = None) -> None:
+        super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries,
+                         api_key=api_key)
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout,
                                          transport=transport,
                                          headers={**self._default_headers(), **(headers or {})})

@@ -7,6 +7,7 @@ Our exception hierarchy::
     │   └── APITimeoutError          connect/read/write timed out, or wait_until_ready gave up
     └── APIStatusError               the server answered with a status >= 400
         ├── BadRequestError              400  empty_body, corrupt_image
+        ├── AuthenticationError          401  unauthorized: no API key, or a wrong one
         ├── PayloadTooLargeError         413  payload_too_large, image_too_large
         ├── UnsupportedMediaTypeError    415  unsupported_media_type
         ├── UnprocessableEntityError     422  missing_image, validation_error
@@ -34,6 +35,7 @@ __all__ = [
     "APITimeoutError",
     "APIStatusError",
     "BadRequestError",
+    "AuthenticationError",
     "PayloadTooLargeError",
     "UnsupportedMediaTypeError",
     "UnprocessableEntityError",
@@ -90,6 +92,11 @@ class BadRequestError(APIStatusError):
     """400: an empty body or a corrupt image."""
 
 
+class AuthenticationError(APIStatusError):
+    """401: the server has API keys and the request carried none, or a wrong one
+    (``api_key=`` / ``$ATROUS_API_KEY``)."""
+
+
 class PayloadTooLargeError(APIStatusError):
     """413: the upload is over the byte limit, or the image over the pixel limit."""
 
@@ -116,6 +123,7 @@ class InternalServerError(APIStatusError):
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
+    401: AuthenticationError,
     413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError,
     422: UnprocessableEntityError,

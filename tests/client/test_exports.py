@@ -16,6 +16,7 @@ PUBLIC_NAMES = [
     "AsyncAtrousClient",
     "AtrousClient",
     "AtrousError",
+    "AuthenticationError",
     "BadRequestError",
     "ClassInfo",
     "DEFAULT_BASE_URL",
