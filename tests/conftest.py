@@ -141,4 +141,4 @@ def painted_server(server_factory, painted_saved_model: Path) -> "ServerProcess"
     return server_factory({"ATROUS_MODEL": str(painted_saved_model),
                            "ATROUS_API_KEYS": ",".join(PAINTED_API_KEYS),
                            "ATROUS_MAX_UPLOAD_BYTES": str(PAINTED_MAX_UPLOAD_BYTES),
-                           "ATROUS_MAX_BATCH_SIZE": "2"})
+                           "ATROUS_MAX_BATCH_SIZE": "1"})  # one warm-up: a faster start

@@ -113,7 +113,7 @@ def test_the_sdk_with_and_without_the_key(painted_server, monkeypatch):
 
 
 def test_atrous_segment_url_with_an_api_key(painted_server, tmp_path, monkeypatch, capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     monkeypatch.delenv("ATROUS_API_KEY", raising=False)
     image = tmp_path / "bands.png"

@@ -224,7 +224,7 @@ def test_bad_key_settings_fail_at_start(tmp_path, overrides, message):
 
 
 def test_serve_has_one_option_per_key_setting():
-    from app.cli import build_parser
+    from app.cli.main import build_parser
 
     args = build_parser().parse_args(["serve", "--api-keys", ",".join(KEYS),
                                       "--no-metrics-public"])

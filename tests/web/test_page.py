@@ -210,6 +210,8 @@ def test_the_key_is_asked_for_then_the_mask_and_its_classes_are_shown(page, file
     wait_for(page, lambda d: visible(d, "model-card"), "the model card")
     card = page.find_element(By.ID, "model-card").text
     assert "resnet_v1_50" in card and "129 × 129" in card and "Trained\nyes" in card, card
+    info = httpx.get(painted_server.url + "/v1/model", headers={"Authorization": f"Bearer {KEY}"})
+    assert f"Runtime\n{info.json()['runtime']} {info.json()['runtime_version']}" in card, card
     assert not visible(page, "untrained")
     extra = {e.get_attribute("data-param") for e in
              page.find_elements(By.CSS_SELECTOR, "#extra-options [data-param]")}
@@ -380,11 +382,11 @@ def test_model_card_options_and_failures_from_other_server_states(page, files, s
     # second's (the second image is all red: person only).
     red = io.BytesIO()
     Image.new("RGB", (64, 48), (255, 0, 0)).save(red, format="PNG")
-    page.execute_script("window.__delays = [1500, 0]")
+    page.execute_script("window.__delays = [800, 0]")
     drop_file(page, "slow.png", files["bands"].read_bytes())
     drop_file(page, "red.png", red.getvalue())
     wait_for(page, lambda d: set(legend(d)) == {"person"}, "the second image's classes")
-    time.sleep(2)  # the first answer has arrived by now
+    time.sleep(1.2)  # the first answer has arrived by now
     assert set(legend(page)) == {"person"}
     assert page.find_element(By.ID, "download").get_attribute("download") == "red-mask.png"
     assert sum("/segment" in r for r in page.execute_script("return window.__requests")) == 3
