@@ -233,3 +233,20 @@ def test_serve_has_one_option_per_key_setting():
     loaded = settings(**overrides)
     assert loaded.accepted_api_keys == tuple(k.encode() for k in KEYS)
     assert loaded.metrics_public is False
+
+
+def test_the_key_is_checked_before_the_body_is_read():
+    too_big = settings(api_keys=KEYS[0], max_upload_bytes=1024)
+    app = create_app(too_big, loader=loader, handle_signals=False)
+
+    async def main() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                body = b"\0" * 4096
+                return [await client.post("/segment", content=body),
+                        await client.post("/segment", content=body, headers=bearer(KEYS[0]))]
+
+    anonymous, keyed = asyncio.run(main())
+    assert_unauthorized(anonymous, invalid_token=False)  # not 413: nothing was read
+    assert keyed.status_code == 413, keyed.text
