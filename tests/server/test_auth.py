@@ -243,6 +243,8 @@ def test_the_key_is_checked_before_the_body_is_read():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                while (await client.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.01)
                 body = b"\0" * 4096
                 return [await client.post("/segment", content=body),
                         await client.post("/segment", content=body, headers=bearer(KEYS[0]))]
