@@ -182,13 +182,14 @@ def test_the_key_is_asked_for_then_the_mask_and_its_classes_are_shown(page, file
              "the model card to ask for a key")
     upload(page, files["bands"])
     message = error_text(page)
-    assert "This server needs an API key." in message and "unauthorized" in message, message
+    assert message.startswith("This server needs an API key. Enter it in the API key field")
+    assert "(HTTP 401, unauthorized, request id " in message, message
     assert page.switch_to.active_element.get_attribute("id") == "api-key"
 
     enter_key(page, "not-the-key")
     page.find_element(By.ID, "run").click()
-    wait_for(page, lambda d: "not valid" in d.find_element(By.ID, "error").text,
-             "the wrong key to be refused")
+    wait_for(page, lambda d: "The API key was refused. The API key is not valid. Check it"
+             in d.find_element(By.ID, "error").text, "the wrong key to be refused")
 
     enter_key(page, KEY)
     page.find_element(By.ID, "run").click()
@@ -297,11 +298,11 @@ def test_a_dropped_image_in_each_format(page, files):
 
 
 @pytest.mark.parametrize(("name", "shown"), [
-    ("text", ["Not a supported image.", "not a supported image", "415",
+    ("text", ["This file cannot be segmented. Not a supported image (accepted: PNG", "415",
               "unsupported_media_type"]),
-    ("big", ["Too large.", "payload_too_large", "413"]),
+    ("big", ["Too large. Body of", "payload_too_large", "413"]),
 ])
-def test_server_refusals_are_readable(page, files, name, shown):
+def test_server_refusals_are_readable(page, files, shots, name, shown):
     page.execute_script("sessionStorage.setItem('atrous.apiKey', arguments[0])", KEY)
     page.refresh()
     upload(page, files[name])
@@ -309,6 +310,8 @@ def test_server_refusals_are_readable(page, files, name, shown):
     for text in shown:
         assert text in message, message
     assert "request id" in message
+    if name == "text":
+        screenshot(page, shots, "error")
 
 
 # Replaces some responses with what a server in another state would send (an untrained
@@ -395,12 +398,13 @@ def test_model_card_options_and_failures_from_other_server_states(page, files, s
         ({"status": 503, "headers": {"Retry-After": "7", "Content-Type": "application/json"},
           "body": {"error": {"code": "queue_full", "message": "the server is busy; retry later"},
                    "request_id": "r1"}},
-         ["The server is not ready or too busy.", "retry later", "Try again in 7 s",
+         ["The server is not ready or too busy. The server is busy; retry later. Try again in 7 s.",
           "queue_full", "request id r1"]),
         ({"status": 504, "headers": {"Content-Type": "application/json"},
           "body": {"error": {"code": "timeout", "message": "the request deadline passed"},
                    "request_id": "r2"}},
-         ["The server ran out of time", "deadline passed", "HTTP 504"]),
+         ["The server ran out of time for this image. The request deadline passed.",
+          "(HTTP 504, timeout, request id r2)"]),
         ({"status": 422, "headers": {"Content-Type": "application/json"},
           "body": {"error": {"code": "validation_error", "message": "query.tile_size: too small"},
                    "request_id": "r3"}},

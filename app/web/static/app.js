@@ -21,7 +21,7 @@ const STATUS_TITLES = {
   401: "This server needs an API key.",
   404: "Not found.",
   413: "Too large.",
-  415: "Not a supported image.",
+  415: "This file cannot be segmented.",
   422: "The request was refused.",
   429: "Too many requests.",
   500: "The server failed (a bug: its log has the details).",
@@ -76,18 +76,32 @@ async function call(path, init = {}) {
 
 // ---------------------------------------------------------------------------- messages
 
+// A server message as a sentence: "the request deadline passed" -> "The request deadline passed."
+function sentence(text) {
+  const trimmed = String(text ?? "").trim();
+  if (!trimmed) return "";
+  const capitalised = trimmed[0].toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(capitalised) ? capitalised : `${capitalised}.`;
+}
+
 function showError(error) {
   const box = $("error");
   box.replaceChildren();
   const title = document.createElement("strong");
-  title.textContent = STATUS_TITLES[error.status] ?? (error.status ? `HTTP ${error.status}.` : "");
-  box.append(title, " ", error.message);
-  if (error.status === 503 && error.retryAfter) {
-    box.append(` Try again in ${error.retryAfter} s.`);
-  }
+  const parts = [];
   if (error.status === 401) {
-    box.append(" Enter it in the API key field below the options, then press “Segment again”.");
+    // The server's own text speaks to API clients (headers); say what to do on this page.
+    const sent = $("api-key").value.trim() !== "";
+    title.textContent = sent ? "The API key was refused." : STATUS_TITLES[401];
+    if (sent) parts.push(sentence(error.message));
+    parts.push(`${sent ? "Check" : "Enter"} it in the API key field below the options, ` +
+      "then press “Segment again”.");
+  } else {
+    title.textContent = STATUS_TITLES[error.status] ?? (error.status ? `HTTP ${error.status}.` : "");
+    parts.push(sentence(error.message));
+    if (error.status === 503 && error.retryAfter) parts.push(`Try again in ${error.retryAfter} s.`);
   }
+  box.append(title, " ", parts.join(" "));
   const details = [error.status ? `HTTP ${error.status}` : null, error.code,
     error.requestId ? `request id ${error.requestId}` : null].filter(Boolean);
   if (details.length) {
@@ -96,6 +110,7 @@ function showError(error) {
     box.append(small);
   }
   box.hidden = false;
+  box.scrollIntoView({ block: "nearest" });
   if (error.status === 401) $("api-key").focus();
 }
 
@@ -133,9 +148,11 @@ async function loadModel() {
       $("model-status").textContent = `${error.message}: asking again in ${seconds} s…`;
       setTimeout(loadModel, seconds * 1000);
     } else {
-      $("model-status").textContent = error.status === 401
-        ? "This server needs an API key: enter it below, then pick an image."
-        : `Could not load the model description: ${error.message}`;
+      const keyed = $("api-key").value.trim() !== "";
+      $("model-status").textContent = error.status !== 401
+        ? `Could not load the model description: ${sentence(error.message)}`
+        : keyed ? "The API key was refused: check it below."
+          : "This server needs an API key: enter it below, then pick an image.";
     }
     return;
   }
