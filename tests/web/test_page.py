@@ -50,6 +50,7 @@ def browser() -> Iterator[WebDriver]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for the checks
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -84,6 +85,11 @@ def page(browser: WebDriver, painted_server) -> Iterator[WebDriver]:
     browser.execute_script("sessionStorage.clear()")
     browser.refresh()
     yield browser
+    # No script error on the console: every failure must have reached the page instead
+    # (refused requests themselves are logged by Chromium as "Failed to load resource").
+    errors = [entry["message"] for entry in browser.get_log("browser")
+              if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]]
+    assert errors == [], errors
     browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     stubs = getattr(browser, "_atrous_stubs", [])
     for identifier in stubs:
