@@ -391,11 +391,11 @@ def test_model_card_options_and_failures_from_other_server_states(page, files, s
     # second's (the second image is all red: person only).
     red = io.BytesIO()
     Image.new("RGB", (64, 48), (255, 0, 0)).save(red, format="PNG")
-    page.execute_script("window.__delays = [800, 0]")
+    page.execute_script("window.__delays = [500, 0]")
     drop_file(page, "slow.png", files["bands"].read_bytes())
     drop_file(page, "red.png", red.getvalue())
     wait_for(page, lambda d: set(legend(d)) == {"person"}, "the second image's classes")
-    time.sleep(1.2)  # the first answer has arrived by now
+    time.sleep(0.8)  # the first answer has arrived by now
     assert set(legend(page)) == {"person"}
     assert page.find_element(By.ID, "download").get_attribute("download") == "red-mask.png"
     assert sum("/segment" in r for r in page.execute_script("return window.__requests")) == 3
