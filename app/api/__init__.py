@@ -1,1 +1,0 @@
-"""The HTTP API layer: routes, their dependencies, errors and schemas."""
