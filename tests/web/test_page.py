@@ -197,6 +197,11 @@ def test_the_key_is_asked_for_then_the_mask_and_its_classes_are_shown(page, file
     wait_for(page, lambda d: "The API key was refused. The API key is not valid. Check it"
              in d.find_element(By.ID, "error").text, "the wrong key to be refused")
 
+    enter_key(page, "ключ")  # fetch cannot send it: said on the page, not on the console
+    page.find_element(By.ID, "run").click()
+    wait_for(page, lambda d: "only contain plain ASCII" in d.find_element(By.ID, "error").text,
+             "the non-ASCII key to be refused")
+
     enter_key(page, KEY)
     page.find_element(By.ID, "run").click()
     wait_for_result(page)
