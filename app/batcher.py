@@ -14,6 +14,10 @@ nothing of HTTP: its errors are its own (``BatcherError``), mapped by the API la
 * The model must return one result per image; each future gets its own result or the
   batch's exception.  On an out-of-memory error the batch is split in halves and retried,
   so only an image that fails on its own gets the error.
+* ``submit_group`` queues the tiles of one image (tiling, test-time augmentation) all at
+  once or not at all: they fill batches like any image, share one deadline, and a queue
+  without room for all of them refuses the group before any tile runs.  Such inputs ask
+  for class probabilities: a batch is run once per kind of output its items want.
 """
 
 import asyncio
@@ -30,6 +34,9 @@ from app.metrics import Metrics
 log = logging.getLogger(__name__)
 
 ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# What a queued image asks the model for.
+LABELS = "labels"
+PROBABILITIES = "probabilities"
 
 
 class BatcherError(Exception):
@@ -50,12 +57,16 @@ class DeadlineExceeded(BatcherError):
 
 @dataclasses.dataclass(frozen=True)
 class BatchResult:
-    """One image's labels and where its time went."""
+    """One image's model output and where its time went."""
 
-    labels: np.ndarray  # uint8 [S, S]
+    output: np.ndarray  # uint8 [S, S] labels, or float32 [S, S, C] probabilities
     queue_s: float  # submitted -> its batch started
     inference_s: float  # the model call that included it
     batch_size: int
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.output
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,6 +76,7 @@ class _Item:
     future: asyncio.Future[BatchResult]
     enqueued: float
     deadline: float
+    kind: str = LABELS
 
 
 class Batcher:
@@ -77,14 +89,20 @@ class Batcher:
         max_queue: most images waiting; beyond it ``submit`` raises ``QueueFull``.
         oom_errors: exception types that mean "too big a batch": the batch is split.
         metrics: where to report batch sizes and queue depth (optional).
+        probabilities: maps the same inputs to float32 [N, S, S, C] class probabilities
+            (what ``submit_group`` asks for); None if the model cannot.
     """
 
     def __init__(self, model: ModelFn, *, max_batch_size: int, max_delay_s: float,
                  max_queue: int, oom_errors: tuple[type[BaseException], ...] = (MemoryError,),
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 probabilities: ModelFn | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s >= 0")
         self._model = model
+        self._models: dict[str, ModelFn] = {LABELS: model}
+        if probabilities is not None:
+            self._models[PROBABILITIES] = probabilities
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
@@ -173,6 +191,42 @@ class Batcher:
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {timeout:g} s") from None
 
+    async def submit_group(self, images: np.ndarray, sizes: np.ndarray, *, timeout: float,
+                           kind: str = PROBABILITIES) -> list[BatchResult]:
+        """Queues several inputs of one request (an image's tiles) together; waits for all.
+
+        All or nothing: when the queue cannot take every input now, ``QueueFull`` is
+        raised before any is queued.  One ``timeout`` covers them all; if one fails, or the
+        caller leaves, the others are cancelled (the worker skips them).
+
+        Raises:
+            the errors of ``submit``, and ``ValueError`` for a ``kind`` the model lacks.
+        """
+        if kind not in self._models:
+            raise ValueError(f"this model gives no {kind}")
+        if not self._accepting or self._queue is None:
+            raise BatcherStopped("the server is not accepting work")
+        free = self.max_queue - self._queue.qsize()
+        if len(images) > free:
+            raise QueueFull(f"the image needs {len(images)} model inputs and the queue has "
+                            f"room for {free} of {self.max_queue}")
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        items = [_Item(image, (int(size[0]), int(size[1])), loop.create_future(), now,
+                       now + timeout, kind) for image, size in zip(images, sizes, strict=True)]
+        for item in items:  # no await in between: nobody else can take the free slots
+            self._queue.put_nowait(item)
+        self._set_depth()
+        try:
+            async with asyncio.timeout(timeout):
+                return list(await asyncio.gather(*(item.future for item in items)))
+        except TimeoutError:
+            raise DeadlineExceeded(f"no result within {timeout:g} s") from None
+        finally:
+            for item in items:
+                if not item.future.done():
+                    item.future.cancel()
+
     async def _work(self) -> None:
         assert self._queue is not None
         while True:
@@ -227,14 +281,21 @@ class Batcher:
             live.append(item)
         return live
 
-    async def _run(self, live: list[_Item]) -> None:
+    async def _run(self, batch: list[_Item]) -> None:
+        for kind, model in self._models.items():  # one model call per kind of output
+            live = [item for item in batch if item.kind == kind]
+            if live:
+                await self._run_model(model, kind, live)
+
+    async def _run_model(self, model: ModelFn, kind: str, live: list[_Item]) -> None:
         images = np.stack([item.image for item in live])
         sizes = np.array([item.size for item in live], np.int32)
         if self._metrics is not None:
             self._metrics.batch_size.observe(len(live))
+            self._metrics.model_inputs.labels(output=kind).inc(len(live))
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(self._executor, self._call, images, sizes)
+        outcomes = await loop.run_in_executor(self._executor, self._call, images, sizes, model)
         inference_s = time.monotonic() - started
         for item, outcome in zip(live, outcomes, strict=True):
             if item.future.done():  # the caller left while the model ran
@@ -245,19 +306,21 @@ class Batcher:
                 item.future.set_result(BatchResult(outcome, started - item.enqueued,
                                                    inference_s, len(live)))
 
-    def _call(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray | BaseException]:
+    def _call(self, images: np.ndarray, sizes: np.ndarray,
+              model: ModelFn | None = None) -> list[np.ndarray | BaseException]:
         """The model call (worker thread), split in halves on out-of-memory errors."""
+        model = model or self._model
         count = len(images)
         try:
-            labels = self._model(images, sizes)
+            labels = model(images, sizes)
         except self._oom_errors as e:
             if count == 1:
                 log.error("batcher: out of memory on a single image: %s", e)
                 return [e]
             half = count // 2
             log.warning("batcher: out of memory on a batch of %d, retrying in halves", count)
-            return self._call(images[:half], sizes[:half]) + self._call(images[half:],
-                                                                        sizes[half:])
+            return (self._call(images[:half], sizes[:half], model)
+                    + self._call(images[half:], sizes[half:], model))
         except Exception as e:  # noqa: BLE001 - every caller gets the batch's error
             log.error("batcher: model call failed: %r", e)
             return [e] * count

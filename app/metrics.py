@@ -26,6 +26,9 @@ class Metrics:
         self.batch_size = Histogram("atrous_batch_size", "Images per model call",
                                     buckets=[b for b in batch_buckets if b <= max_batch_size],
                                     registry=r)
+        self.model_inputs = Counter("atrous_model_inputs", "S x S model inputs run (images "
+                                    "and tiles), by output: labels or probabilities",
+                                    ["output"], registry=r)
         self.queue_depth = Gauge("atrous_queue_depth", "Images waiting for the model",
                                  registry=r)
         self.in_flight = Gauge("atrous_requests_in_flight", "HTTP requests being served",

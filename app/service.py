@@ -24,7 +24,7 @@ from app.batcher import Batcher
 from app.loader import LoadedModel, load_segmenter
 from app.metrics import Metrics
 from app.settings import Settings
-from model.inference.contract import ModelMetadata
+from model.inference.contract import ModelMetadata, probabilities_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,7 +91,8 @@ class Service:
                               max_delay_s=self.settings.max_batch_delay_ms / 1000,
                               max_queue=self.settings.max_queue,
                               oom_errors=loaded.segmenter.oom_errors,
-                              metrics=self.metrics)
+                              metrics=self.metrics,
+                              probabilities=probabilities_of(loaded.segmenter))
             await batcher.start()
         except Exception as e:  # noqa: BLE001 - reported, then the process stops
             self.failure = e

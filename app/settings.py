@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # Input limits.
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_inference_pixels: int = Field(
+        64 * 513 * 513, ge=1, description="most model input (tiles x input_size^2, over all "
+        "scales and flips) one image may need with tiling/scales/flip; beyond it: 413")
+    tile_max_side: int = Field(
+        2049, ge=33, description="tiling downscales an image whose shorter side is longer")
 
     # Access control. No keys (the default): every route is open.
     api_keys: SecretStr | None = Field(

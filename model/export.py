@@ -23,6 +23,8 @@ from model.inference.contract import (
     INPUT_IMAGES,
     INPUT_SIZES,
     OUTPUT_LABELS,
+    OUTPUT_PROBABILITIES,
+    PROBABILITIES_SIGNATURE,
     SIGNATURE_NAME,
     ModelMetadata,
 )
@@ -62,8 +64,10 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
         tf.compat.v1.set_random_seed(seed)
         images = tf.compat.v1.placeholder(tf.uint8, [None, size, size, 3], name=INPUT_IMAGES)
         sizes = tf.compat.v1.placeholder(tf.int32, [None, 2], name=INPUT_SIZES)
-        labels = network.predict_labels(images, sizes, config)
-        labels = tf.identity(labels, name=OUTPUT_LABELS)
+        logits = network.upsampled_logits(images, sizes, config)
+        labels = tf.identity(network.labels_from_logits(logits), name=OUTPUT_LABELS)
+        probabilities = tf.identity(network.probabilities_from_logits(logits),
+                                    name=OUTPUT_PROBABILITIES)
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(tf.compat.v1.global_variables_initializer())
             if checkpoint is None:
@@ -81,12 +85,16 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
             staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
             staging.rmdir()  # the builder insists on creating the directory itself
             builder = tf.compat.v1.saved_model.Builder(str(staging))
-            signature = tf.compat.v1.saved_model.predict_signature_def(
-                inputs={INPUT_IMAGES: images, INPUT_SIZES: sizes},
-                outputs={OUTPUT_LABELS: labels})
+            inputs = {INPUT_IMAGES: images, INPUT_SIZES: sizes}
+            signatures = {
+                SIGNATURE_NAME: tf.compat.v1.saved_model.predict_signature_def(
+                    inputs=inputs, outputs={OUTPUT_LABELS: labels}),
+                PROBABILITIES_SIGNATURE: tf.compat.v1.saved_model.predict_signature_def(
+                    inputs=inputs, outputs={OUTPUT_PROBABILITIES: probabilities}),
+            }
             builder.add_meta_graph_and_variables(
                 session, [tf.saved_model.SERVING],
-                signature_def_map={SIGNATURE_NAME: signature}, strip_default_attrs=True)
+                signature_def_map=signatures, strip_default_attrs=True)
             builder.save()
     metadata = ModelMetadata(
         backbone=config.backbone, output_stride=config.output_stride,
@@ -109,8 +117,10 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
 
 
 def cache_key(config: ModelConfig, checkpoint: str | Path | None) -> str:
-    """A name that changes whenever the export would: config (precision too), checkpoint files."""
-    fingerprint: dict[str, object] = {"config": dataclasses.asdict(config), "tf": tf.__version__}
+    """A name that changes whenever the export would: config (precision too), checkpoint
+    files, and the signatures written."""
+    fingerprint: dict[str, object] = {"config": dataclasses.asdict(config), "tf": tf.__version__,
+                                      "signatures": [SIGNATURE_NAME, PROBABILITIES_SIGNATURE]}
     if checkpoint is not None:
         path = Path(checkpoints.resolve_checkpoint(checkpoint))
         files = sorted(p for p in path.parent.glob(path.name + "*") if p.is_file())

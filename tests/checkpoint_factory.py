@@ -6,6 +6,7 @@ published slim tarballs) or V2 (index/data) format.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,12 @@ def tiny(name: str) -> Backbone:
                                base_depths=(1, 2, 4, 8)[: len(spec.units)])
 
 
-def color_routing_value(name: str, shape: list[int]) -> np.ndarray | None:
+def color_routing_value(name: str, shape: list[int], *, stem_gain: float = 1.0,
+                        background_bias: float = 50.0) -> np.ndarray | None:
+    """The routed weights; ``stem_gain`` 127.5 suits [-1, 1] inputs (``scale_to_unit``, the
+    CIFAR backbones), so that their features match the mean-subtracted ResNets'.  A colour
+    logit is ``max(0, value - 127.5)`` there: a ``background_bias`` of half its peak puts
+    the class edge half-way between a colour's logits sample and a black one's."""
     value = np.zeros(shape, np.float32)
     leaf = name.rsplit("/", 1)[-1]
     if leaf in ("gamma", "moving_variance"):
@@ -42,8 +48,8 @@ def color_routing_value(name: str, shape: list[int]) -> np.ndarray | None:
     if name.endswith("conv1/weights") and name.count("/") == 2:  # the stem, resnet_v1_*/conv1
         centre = shape[0] // 2
         for c in range(3):
-            value[centre, centre, c, c] = 1.0
-            value[centre, centre, c, 3 + c] = -1.0
+            value[centre, centre, c, c] = stem_gain
+            value[centre, centre, c, 3 + c] = -stem_gain
         return value
     if name.endswith("shortcut/weights"):
         for c in range(6):
@@ -54,11 +60,18 @@ def color_routing_value(name: str, shape: list[int]) -> np.ndarray | None:
             value[0, 0, channel, cls] = 1.0
         return value
     if name == "logits/semantic/biases":
-        value[0] = 50.0  # background wins unless a colour channel is strong
+        value[0] = background_bias  # background wins unless a colour channel is strong
         return value
     if leaf == "weights":
         return value
     return None
+
+
+def color_routing_values(backbone: str) -> Callable[[str, list[int]], np.ndarray | None]:
+    """``color_routing_value`` with the stem gain ``backbone``'s preprocessing needs."""
+    if get_backbone(backbone).preprocessing == "mean_subtract":
+        return color_routing_value
+    return functools.partial(color_routing_value, stem_gain=127.5, background_bias=127.5 / 2)
 
 
 def write_checkpoint(
@@ -148,3 +161,15 @@ def interior(mask: np.ndarray, margin: int) -> np.ndarray:
         for y, x in zip(*np.nonzero(change), strict=True):
             keep[max(0, y - margin):y + margin + 1, max(0, x - margin):x + margin + 1] = False
     return keep
+
+
+def routed_stripes(width: int, height: int, stripe: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical stripes ``stripe`` pixels wide cycling red, black, green, black, blue, black,
+    and the mask the routed network gives them (thin structures for the tiling tests)."""
+    cycle = [(255, 0, 0), (0, 0, 0), (0, 255, 0), (0, 0, 0), (0, 0, 255), (0, 0, 0)]
+    index = (np.arange(width) // stripe) % len(cycle)
+    colours = np.array(cycle, np.uint8)[index]
+    classes = np.array([ROUTED_CLASSES[c] for c in cycle], np.uint8)[index]
+    image = np.broadcast_to(colours[None], (height, width, 3)).copy()
+    mask = np.broadcast_to(classes[None], (height, width)).copy()
+    return image, mask

@@ -142,3 +142,34 @@ def painted_server(server_factory, painted_saved_model: Path) -> "ServerProcess"
                            "ATROUS_API_KEYS": ",".join(PAINTED_API_KEYS),
                            "ATROUS_MAX_UPLOAD_BYTES": str(PAINTED_MAX_UPLOAD_BYTES),
                            "ATROUS_MAX_BATCH_SIZE": "1"})  # one warm-up: a faster start
+
+
+# The painted model of the tiling tests (tiling_saved_model): cifar_resnet_20 at output stride 16 and a 129 input,
+# with the colour-routing weights (tests/checkpoint_factory.py), so the right answer is known.
+TILING_INPUT_SIZE = 129
+
+
+@pytest.fixture(scope="session")
+def tiling_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from model.config import ModelConfig
+    from tests import checkpoint_factory
+
+    config = ModelConfig(backbone="cifar_resnet_20", output_stride=16,
+                         input_size=TILING_INPUT_SIZE)
+    return checkpoint_factory.write_checkpoint(
+        config, tmp_path_factory.mktemp("painted") / "painted.ckpt",
+        values=checkpoint_factory.color_routing_values(config.backbone))
+
+
+@pytest.fixture(scope="session")
+def tiling_saved_model(tmp_path_factory: pytest.TempPathFactory, tiling_checkpoint: str) -> Path:
+    """A real SavedModel with hand-set colour-routing weights (red -> 15, green -> 1,
+    blue -> 7, dark -> 0), exported once."""
+    from model.config import ModelConfig
+    from model.export import export_saved_model
+
+    path = tmp_path_factory.mktemp("models") / "painted"
+    export_saved_model(ModelConfig(backbone="cifar_resnet_20", output_stride=16,
+                                   input_size=TILING_INPUT_SIZE), path,
+                       checkpoint=tiling_checkpoint)
+    return path

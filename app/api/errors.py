@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import batcher
 from app.context import REQUEST_ID_HEADER, request_id_of
-from model.inference import imaging
+from model.inference import augmented, imaging
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ class ImageTooLargeError(AtrousError):
     status, code, default_message = 413, "image_too_large", "the image has too many pixels"
 
 
+class TooMuchWorkError(AtrousError):
+    status, code = 413, "too_much_work"
+    default_message = "tiling, scales and flip would need too many model inputs"
+
+
 class UnsupportedMediaTypeError(AtrousError):
     status, code = 415, "unsupported_media_type"
     default_message = "not a supported image (accepted: PNG, JPEG, WebP, GIF, BMP, TIFF)"
@@ -96,6 +101,11 @@ class MissingImageError(AtrousError):
 
 class ValidationError(AtrousError):
     status, code, default_message = 422, "validation_error", "invalid request"
+
+
+class NotSupportedError(AtrousError):
+    status, code = 501, "not_supported"
+    default_message = "the model's runtime cannot do this"
 
 
 class NotReadyError(AtrousError):
@@ -119,6 +129,7 @@ HTTP_ERRORS: dict[type[Exception], type[AtrousError]] = {
     imaging.UnsupportedImageError: UnsupportedMediaTypeError,
     imaging.ImageTooLargeError: ImageTooLargeError,
     imaging.CorruptImageError: CorruptImageError,
+    augmented.WorkTooLargeError: TooMuchWorkError,
     batcher.QueueFull: QueueFullError,
     batcher.BatcherStopped: NotReadyError,
     batcher.DeadlineExceeded: RequestTimeoutError,
@@ -204,5 +215,6 @@ def _summarise(errors: Any) -> str:
     parts = []
     for error in list(errors)[:5]:
         location = ".".join(str(part) for part in error.get("loc", ()))
-        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+        given = f" (got {error['input']!r})" if isinstance(error.get("input"), str) else ""
+        parts.append(f"{location}: {error.get('msg', 'invalid')}{given}")
     return "; ".join(parts) or "invalid request"

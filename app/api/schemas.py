@@ -31,6 +31,9 @@ class ClassSummary(BaseModel):
     fraction: float
     bbox: list[int] = Field(description="[x_min, y_min, width, height]")
     rle: RLE
+    confidence: float | None = Field(
+        None, description="mean probability (0..1) of this class over its pixels; null if the "
+                          "model's runtime gives no probabilities")
 
 
 class ModelSummary(BaseModel):

@@ -1,4 +1,5 @@
-"""atrous segment: image files -> mask PNGs or overlays, locally or through a server."""
+"""atrous segment: image files -> mask PNGs, overlays, probabilities or confidences, locally
+or through a server; optionally tiled (large images), multi-scale + flip, class-filtered."""
 
 import argparse
 import contextlib
@@ -22,7 +23,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-key", help="for --url: the server's API key "
                         "[default: $ATROUS_API_KEY]")
     parser.add_argument("-o", "--out", required=True, type=Path)
-    parser.add_argument("--format", choices=("png", "overlay"), default="png")
+    parser.add_argument("--format", default="png",
+                        choices=("png", "overlay", "probabilities", "confidence"),
+                        help="probabilities: an .npz of uint8 planes; confidence: a greyscale "
+                             "PNG (see docs/http-api.md)")
+    parser.add_argument("--tiling", choices=("off", "auto", "on"), default="off",
+                        help="on: overlapping tiles at native resolution (large images); "
+                             "auto: when the longer side exceeds twice the input size")
+    parser.add_argument("--scales", help="test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75")
+    parser.add_argument("--flip", action="store_true", help="also run the mirrored image")
+    parser.add_argument("--classes", help="labels or ids to keep, e.g. person,dog")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-pixels", type=int, default=40_000_000)
     add_model_options(parser)
@@ -36,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if args.url:
-            remote = _remote_segmenter(args.url, args.api_key, stack)
+            remote = _remote_segmenter(args, stack)
             if remote is None:
                 return 2
             segment = remote
@@ -48,9 +58,20 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _options(args: argparse.Namespace, labels: Sequence[str]) -> Any:
+    """``--tiling --scales --flip --classes`` as ``InferenceOptions`` (ValueError: exit 2)."""
+    from model.inference.options import InferenceOptions, parse_classes
+    from model.inference.tiling import parse_scales
+
+    return InferenceOptions(
+        tiling=args.tiling, scales=parse_scales(args.scales) if args.scales else (1.0,),
+        flip=args.flip, classes=parse_classes(args.classes, labels) if args.classes else None)
+
+
 def _local_segmenter(args: argparse.Namespace) -> Segment:
     from app.settings import Settings
-    from model.inference.pipeline import segment_images
+    from model.inference import pipeline
+    from model.inference.probabilities import filter_mask
     from model.inference.runtimes import load_runtime
 
     if args.model:
@@ -62,18 +83,38 @@ def _local_segmenter(args: argparse.Namespace) -> Segment:
             model = cached_export(model_config(args), Settings.model_fields["cache_dir"].default,
                                   checkpoint=args.checkpoint)
     segmenter = load_runtime(model)
-    return lambda images: segment_images(segmenter, images)
+    args.labels = segmenter.metadata.labels
+    options = _options(args, args.labels)
+    output = pipeline.OutputFormat(args.format)
+    if not pipeline.needs_group(options, output):  # DeepLab's exact single pass
+        return lambda images: [filter_mask(mask, options.classes)
+                               for mask in pipeline.segment_images(segmenter, images)]
+
+    def segment(images: list[Any]) -> list[Any]:
+        results = []
+        for image in images:
+            group = pipeline.prepare_group(image, segmenter.metadata.input_size, options)
+            probabilities = pipeline.run_group(segmenter, group, batch_size=args.batch_size)
+            results.append(pipeline.resolve_group(
+                probabilities, group, options, with_planes=output.value == "probabilities"))
+        return results
+
+    return segment
 
 
-def _remote_segmenter(url: str, api_key: str | None,
-                      stack: contextlib.ExitStack) -> Segment | None:
-    """Segments through the server at ``url``; None (after saying why) if it refuses the key."""
+def _remote_segmenter(args: argparse.Namespace, stack: contextlib.ExitStack) -> Segment | None:
+    """Segments through the server at ``args.url``; None (after saying why) if it refuses the
+    key."""
     try:
         from atrous_client import AtrousClient, AtrousError, AuthenticationError
     except ImportError:
         raise SystemExit("atrous segment --url needs the SDK: pip install ./client") from None
+    from model.inference.augmented import Rendered
+    from model.inference.probabilities import quantize
+
+    url = args.url
     # api_key None: the SDK reads $ATROUS_API_KEY.
-    client = stack.enter_context(AtrousClient(base_url=url, api_key=api_key))
+    client = stack.enter_context(AtrousClient(base_url=url, api_key=args.api_key))
     try:
         client.model_info()  # a refused key fails once here, not once per image
     except AuthenticationError as e:
@@ -82,12 +123,25 @@ def _remote_segmenter(url: str, api_key: str | None,
         return None
     except AtrousError:  # unreachable, not ready, ...: reported per image below
         pass
+    planes = args.format in ("probabilities", "confidence")
+    options = {"tiling": args.tiling, "flip": args.flip,
+               "scales": [float(s) for s in args.scales.split(",")] if args.scales else None,
+               "classes": args.classes.split(",") if args.classes else None}
 
     def segment(images: list[Any]) -> list[Any]:
         # Images go up decoded and oriented (as lossless PNG), so the server sees exactly
         # the pixels the offline command would segment; errors come back per image.
-        results = client.segment_many(images, concurrency=len(images))
-        return [r if isinstance(r, Exception) else r.mask for r in results]
+        results = client.segment_many(images, concurrency=len(images),
+                                      format="probabilities" if planes else "png", **options)
+        if not planes:
+            return [r if isinstance(r, Exception) else r.mask for r in results]
+        for r in results:  # the planes' names, for the .npz
+            if not isinstance(r, Exception):
+                args.labels = r.labels
+        return [r if isinstance(r, Exception)
+                else Rendered(r.mask, quantize(r.confidence), quantize(r.probabilities),
+                              r.class_ids)
+                for r in results]
 
     return segment
 
@@ -101,11 +155,12 @@ def _segment_files(args: argparse.Namespace, segment: Segment) -> int:
     """Segments ``args.images`` in batches, writing one file each; returns the failures."""
     from tqdm import tqdm
 
+    from model.inference import probabilities as outputs
     from model.inference.encoding import mask_png, overlay_jpeg
     from model.inference.imaging import ImageError, load_image
 
     failures = 0
-    suffix = ".png" if args.format == "png" else ".jpg"
+    suffix = {"overlay": ".jpg", "probabilities": ".npz"}.get(args.format, ".png")
     with tqdm(total=len(args.images), unit="image", disable=len(args.images) < 2) as bar:
         for batch in _batches(args.images, args.batch_size):
             loaded = []
@@ -132,7 +187,14 @@ def _segment_files(args: argparse.Namespace, segment: Segment) -> int:
                     tqdm.write(f"error: {path}: {mask}", file=sys.stderr)
                     bar.update()
                     continue
-                data = mask_png(mask) if args.format == "png" else overlay_jpeg(image, mask)
+                if args.format == "probabilities":
+                    data = outputs.probabilities_npz(mask.planes, mask.class_ids, args.labels,
+                                                     mask.mask)
+                elif args.format == "confidence":
+                    data = outputs.confidence_png(mask.confidence)
+                else:
+                    mask = getattr(mask, "mask", mask)  # a plain mask, or a resolved result
+                    data = mask_png(mask) if args.format == "png" else overlay_jpeg(image, mask)
                 (args.out / (path.stem + suffix)).write_bytes(data)
                 bar.update()
     return failures

@@ -8,6 +8,10 @@
         result.classes         # (ClassInfo(id=8, label='cat', pixels=..., ...), ...)
         result.save("cat.png") # palette PNG, VOC colours
 
+        big = client.segment("aerial.tif", tiling="on", format="probabilities",
+                             classes=["person"])
+        big.probability("person")  # float32 [H, W] in [0, 1]
+
 ``AsyncAtrousClient`` has the same methods as coroutines.  Errors are described in
 ``atrous_client._exceptions``.
 """
@@ -29,7 +33,7 @@ from ._exceptions import (
     UnsupportedMediaTypeError,
 )
 from ._images import VOC_PALETTE, ImageInput
-from ._types import ClassInfo, Format, ModelClass, ModelInfo, Segmentation
+from ._types import ClassInfo, Format, ModelClass, ModelInfo, Segmentation, Tiling
 from ._version import __version__
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "ModelClass",
     "ImageInput",
     "Format",
+    "Tiling",
     "VOC_PALETTE",
     # Errors
     "AtrousError",

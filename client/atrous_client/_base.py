@@ -7,15 +7,17 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import io
 import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import httpx
+import numpy as np
 
 from ._exceptions import (
     APIConnectionError,
@@ -29,6 +31,7 @@ from ._types import (
     Format,
     ModelInfo,
     Segmentation,
+    Tiling,
     classes_from_json,
     classes_from_mask,
 )
@@ -48,7 +51,9 @@ MAX_RETRY_DELAY = 8.0
 # A server asking for a longer pause than this is not coming back soon: fail now rather than
 # block the caller for minutes, and never retry sooner than it asked.
 MAX_RETRY_AFTER = 60.0
-FORMATS: tuple[Format, ...] = ("png", "json")
+FORMATS: tuple[Format, ...] = ("png", "json", "probabilities")
+TILINGS: tuple[Tiling, ...] = ("off", "auto", "on")
+_ACCEPT = {"png": "image/png", "json": "application/json", "probabilities": "application/x-npz"}
 
 # Transport failures worth another try.  Others (an unsupported URL scheme, a local protocol
 # error) would fail the same way again.
@@ -107,13 +112,14 @@ class BaseClient(Generic[_HttpxClientT]):
             timeout=timeout if timeout is not None else self.timeout)
 
     @staticmethod
-    def _segment_parts(image: ImageInput, format: str) -> tuple[bytes, dict[str, str],
-                                                                   dict[str, str]]:
+    def _segment_parts(image: ImageInput, format: str,
+                       options: Mapping[str, str] | None = None) -> tuple[bytes, dict[str, str],
+                                                                         dict[str, str]]:
         """Body, headers and query of ``POST /segment``; raises before any I/O on bad input."""
         check_format(format)
         body, content_type = encode_input(image)
-        accept = "image/png" if format == "png" else "application/json"
-        return body, {"Content-Type": content_type, "Accept": accept}, {"format": format}
+        return (body, {"Content-Type": content_type, "Accept": _ACCEPT[format]},
+                {"format": format, **(options or {})})
 
     # Retry policy ---------------------------------------------------------------------------
 
@@ -171,9 +177,24 @@ class BaseClient(Generic[_HttpxClientT]):
                       labels: tuple[str, ...]) -> Segmentation:
         request_id = response.headers.get("X-Request-ID")
         timings = parse_server_timing(response.headers.get("Server-Timing"))
+        planes: np.ndarray | None = None
+        class_ids: tuple[int, ...] = ()
         if format == "png":
             mask = decode_mask(response.content)
             classes = classes_from_mask(mask, labels)
+        elif format == "probabilities":
+            try:
+                with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
+                    mask = archive["mask"]
+                    planes = archive["probabilities"]
+                    class_ids = tuple(int(i) for i in archive["class_ids"])
+            except (KeyError, ValueError, OSError) as e:
+                raise AtrousError(f"unexpected probabilities archive: {e!r}",
+                                  request_id=request_id,
+                                  status_code=response.status_code) from None
+            result = Segmentation(mask=mask, labels=labels, classes=(), planes=planes,
+                                  class_ids=class_ids)
+            classes = classes_from_mask(mask, labels, result.confidence)
         else:
             body = self._json(response)
             try:
@@ -188,7 +209,7 @@ class BaseClient(Generic[_HttpxClientT]):
                                   f"says {size[1]}×{size[0]}", request_id=request_id,
                                   status_code=response.status_code)
         return Segmentation(mask=mask, labels=labels, classes=classes, request_id=request_id,
-                            timings=timings)
+                            timings=timings, planes=planes, class_ids=class_ids)
 
     def _model_info_from(self, response: httpx.Response) -> ModelInfo:
         try:
@@ -215,6 +236,29 @@ def check_api_key(api_key: str | None) -> str | None:
 def check_format(format: str) -> None:
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+
+
+def segment_options(tiling: str, scales: Sequence[float] | None, flip: bool,
+                    classes: Sequence[str | int] | None) -> dict[str, str]:
+    """The query parameters beyond ``format``; only what differs from the server's default
+    is sent.  Raises ``ValueError`` on values the server would refuse for sure."""
+    if tiling not in TILINGS:
+        raise ValueError(f"tiling must be one of {', '.join(TILINGS)}, got {tiling!r}")
+    options: dict[str, str] = {}
+    if tiling != "off":
+        options["tiling"] = tiling
+    if scales is not None:
+        if isinstance(scales, str) or not len(scales):
+            raise ValueError(f"scales must be a non-empty sequence of numbers, got {scales!r}")
+        options["scales"] = ",".join(f"{float(s):g}" for s in scales)
+    if flip:
+        options["flip"] = "true"
+    if classes is not None:
+        if isinstance(classes, str) or not len(classes):
+            raise ValueError(f"classes must be a non-empty sequence of labels or ids, "
+                             f"got {classes!r}")
+        options["classes"] = ",".join(str(c) for c in classes)
+    return options
 
 
 def check_concurrency(concurrency: int) -> None:

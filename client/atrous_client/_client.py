@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from types import TracebackType
 from typing import Any, cast
@@ -23,11 +23,12 @@ from ._base import (
     BaseClient,
     check_concurrency,
     check_format,
+    segment_options,
 )
 from ._exceptions import APIConnectionError, APITimeoutError
 from ._images import ImageInput
 from ._progress import progress_bar
-from ._types import Format, ModelInfo, Segmentation
+from ._types import Format, ModelInfo, Segmentation, Tiling
 
 log = logging.getLogger("atrous_client")
 
@@ -74,7 +75,9 @@ class AtrousClient(BaseClient[httpx.Client]):
         """Closes the connection pool."""
         self._client.close()
 
-    def segment(self, image: ImageInput, *, format: Format = "png") -> Segmentation:
+    def segment(self, image: ImageInput, *, format: Format = "png", tiling: Tiling = "off",
+                scales: Sequence[float] | None = None, flip: bool = False,
+                classes: Sequence[str | int] | None = None) -> Segmentation:
         """Segments one image.
 
         Args:
@@ -82,31 +85,44 @@ class AtrousClient(BaseClient[httpx.Client]):
                 applies EXIF orientation), a PIL image or a uint8 H×W×3 / H×W array (sent as a
                 lossless PNG of exactly those pixels).
             format: ``png`` downloads only the mask and computes ``classes`` here; ``json``
-                takes ``classes`` from the server.  Both give the same ``mask``.
+                takes ``classes`` (with mean confidences) from the server; ``probabilities``
+                also downloads per-class probability planes (``result.probabilities``,
+                ``result.probability("person")``, ``result.confidence``).  All give the
+                same ``mask`` for the same options.
+            tiling: ``off`` (DeepLab's single pass), ``on`` (overlapping tiles at native
+                resolution, for large images with thin structures) or ``auto``.
+            scales: test-time scales whose probabilities are averaged, e.g. DeepLab's
+                ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``; None is ``(1.0,)``.
+            flip: also run on the mirrored image and average.
+            classes: labels or ids to keep; other classes become background (0).
 
         Raises:
             APIStatusError: the server refused the image (a subclass per status).
             APIConnectionError: no response, after retries.
             TypeError, ValueError: an unsupported input, before anything is sent.
         """
-        body, headers, params = self._segment_parts(image, format)
+        options = segment_options(tiling, scales, flip, classes)
+        body, headers, params = self._segment_parts(image, format, options)
         labels = self._labels()
         response = self._request("POST", "/segment", content=body, headers=headers,
                                  params=params)
         return self._segmentation(response, format, labels)
 
     def segment_many(self, images: Iterable[ImageInput], *, format: Format = "png",
-                     concurrency: int = 4,
-                     progress: bool = False) -> list[Segmentation | Exception]:
+                     concurrency: int = 4, progress: bool = False,
+                     **options: Any) -> list[Segmentation | Exception]:
         """Segments many images, ``concurrency`` at a time, on a thread pool.
 
         Returns:
             one entry per input, in input order: a ``Segmentation``, or the exception that
             input raised (``AtrousError``, ``TypeError``, ``OSError``, ...).  Nothing is
             dropped and one failure never stops the others; check with
-            ``isinstance(result, Exception)``.
+            ``isinstance(result, Exception)``.  ``options`` (tiling, scales, flip, classes)
+            are ``segment``'s.
         """
         check_format(format)
+        segment_options(**{"tiling": "off", "scales": None, "flip": False, "classes": None,
+                           **options})
         check_concurrency(concurrency)
         items = list(images)
         results: list[Segmentation | Exception | None] = [None] * len(items)
@@ -115,7 +131,7 @@ class AtrousClient(BaseClient[httpx.Client]):
                                   thread_name_prefix="atrous-segment")
         try:
             futures: dict[Future[Segmentation], int] = {
-                pool.submit(self.segment, item, format=format): index
+                pool.submit(self.segment, item, format=format, **options): index
                 for index, item in enumerate(items)
             }
             for future in as_completed(futures):
@@ -248,22 +264,28 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
         """Closes the connection pool."""
         await self._client.aclose()
 
-    async def segment(self, image: ImageInput, *, format: Format = "png") -> Segmentation:
+    async def segment(self, image: ImageInput, *, format: Format = "png", tiling: Tiling = "off",
+                      scales: Sequence[float] | None = None, flip: bool = False,
+                      classes: Sequence[str | int] | None = None) -> Segmentation:
         """Segments one image; see ``AtrousClient.segment``."""
         check_format(format)
+        options = segment_options(tiling, scales, flip, classes)
         # Reading files and PNG-encoding arrays is blocking work: keep it off the event loop.
-        body, headers, params = await asyncio.to_thread(self._segment_parts, image, format)
+        body, headers, params = await asyncio.to_thread(self._segment_parts, image, format,
+                                                        options)
         labels = await self._labels()
         response = await self._request("POST", "/segment", content=body, headers=headers,
                                        params=params)
         return await asyncio.to_thread(self._segmentation, response, format, labels)
 
     async def segment_many(self, images: Iterable[ImageInput], *, format: Format = "png",
-                           concurrency: int = 4,
-                           progress: bool = False) -> list[Segmentation | Exception]:
+                           concurrency: int = 4, progress: bool = False,
+                           **options: Any) -> list[Segmentation | Exception]:
         """Segments many images, at most ``concurrency`` in flight; see
         ``AtrousClient.segment_many`` (same ordering and per-item errors)."""
         check_format(format)
+        segment_options(**{"tiling": "off", "scales": None, "flip": False, "classes": None,
+                           **options})
         check_concurrency(concurrency)
         items = list(images)
         semaphore = asyncio.Semaphore(concurrency)
@@ -272,7 +294,7 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
         async def one(item: ImageInput) -> Segmentation | Exception:
             async with semaphore:
                 try:
-                    return await self.segment(item, format=format)
+                    return await self.segment(item, format=format, **options)
                 except Exception as e:  # noqa: BLE001 - reported in place, by design
                     return e
                 finally:

@@ -12,9 +12,16 @@ from PIL import Image
 
 from ._images import ImageInput, blend, mask_to_image, open_input
 
-Format: TypeAlias = Literal["png", "json"]
+Format: TypeAlias = Literal["png", "json", "probabilities"]
 """How ``segment`` asks for the mask: ``png`` (default, smallest response; per-class
-statistics computed here) or ``json`` (statistics computed by the server)."""
+statistics computed here), ``json`` (statistics and mean confidences computed by the
+server) or ``probabilities`` (per-class probability planes as well, see
+``Segmentation.probabilities``)."""
+
+Tiling: TypeAlias = Literal["off", "auto", "on"]
+"""``off`` (default): DeepLab's single pass, the image shrunk to the model's input size;
+``on``: overlapping tiles at native resolution (thin structures survive); ``auto``: tiles
+when the longer side exceeds twice the input size."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +35,9 @@ class ClassInfo:
     """``pixels`` over width × height."""
     bbox: tuple[int, int, int, int]
     """``(x_min, y_min, width, height)`` in pixels, as in the HTTP API."""
+    confidence: float | None = None
+    """Mean probability (0..1) of this class over its pixels; with ``format="json"`` or
+    ``"probabilities"`` (None with ``png``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +115,46 @@ class Segmentation:
     """The ``X-Request-ID`` the server answered with; quote it when reporting a problem."""
     timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Server-side phases in milliseconds, from ``Server-Timing`` (decode, queue, inference,
-    encode)."""
+    encode; ``tiles`` and ``scales`` report how many model inputs and scales ran)."""
+    planes: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    """``format="probabilities"`` only: uint8 [K, height, width], ``round(255 p)``."""
+    class_ids: tuple[int, ...] = ()
+    """The class id of each plane (background first)."""
 
     def __post_init__(self) -> None:
         # Frozen means frozen: the mask may be shared, so nobody edits it in place by accident.
         self.mask.flags.writeable = False
+        if self.planes is not None:
+            self.planes.flags.writeable = False
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """float32 [height, width, K] class probabilities in [0, 1] (``format="probabilities"``),
+        plane ``k`` for class ``class_ids[k]``; with a class filter, plane 0 is "none of the
+        requested classes"."""
+        if self.planes is None:
+            raise ValueError('no probabilities: segment with format="probabilities"')
+        return np.moveaxis(self.planes, 0, -1).astype(np.float32) / 255.0
+
+    def probability(self, class_: int | str) -> np.ndarray:
+        """float32 [height, width]: one class's probability, by id or label."""
+        if self.planes is None:
+            raise ValueError('no probabilities: segment with format="probabilities"')
+        class_id = self.labels.index(class_) if isinstance(class_, str) else class_
+        if class_id not in self.class_ids:
+            raise KeyError(f"class {class_!r} was not requested; planes: {self.class_ids}")
+        plane: np.ndarray = self.planes[self.class_ids.index(class_id)]
+        return plane.astype(np.float32) / 255.0
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """float32 [height, width]: the probability of each pixel's class in ``mask``."""
+        if self.planes is None:
+            raise ValueError('no probabilities: segment with format="probabilities"')
+        index = np.zeros(256, np.intp)
+        index[list(self.class_ids)] = np.arange(len(self.class_ids))
+        picked: np.ndarray = np.take_along_axis(self.planes, index[self.mask][None], axis=0)[0]
+        return picked.astype(np.float32) / 255.0
 
     def __repr__(self) -> str:
         present = ", ".join(f"{c.label} {c.fraction:.1%}" for c in self.classes)
@@ -141,8 +186,10 @@ class Segmentation:
         return blend(open_input(image), self.mask, alpha)
 
 
-def classes_from_mask(mask: np.ndarray, labels: tuple[str, ...]) -> tuple[ClassInfo, ...]:
-    """Per-class pixel counts, fractions and boxes of a mask, ordered by id."""
+def classes_from_mask(mask: np.ndarray, labels: tuple[str, ...],
+                      confidence: np.ndarray | None = None) -> tuple[ClassInfo, ...]:
+    """Per-class pixel counts, fractions and boxes of a mask, ordered by id (and mean
+    ``confidence`` per class when given)."""
     counts = np.bincount(mask.ravel(), minlength=256)
     total = max(mask.size, 1)
     classes = []
@@ -157,6 +204,8 @@ def classes_from_mask(mask: np.ndarray, labels: tuple[str, ...]) -> tuple[ClassI
             fraction=float(counts[class_id]) / total,
             bbox=(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
                   int(rows[-1] - rows[0] + 1)),
+            confidence=(None if confidence is None
+                        else round(float(confidence[present].mean()), 4)),
         ))
     return tuple(classes)
 
@@ -167,7 +216,9 @@ def classes_from_json(items: list[Mapping[str, Any]]) -> tuple[ClassInfo, ...]:
         ClassInfo(id=int(c["id"]), label=str(c["label"]), pixels=int(c["pixels"]),
                   fraction=float(c["fraction"]),
                   bbox=(int(c["bbox"][0]), int(c["bbox"][1]), int(c["bbox"][2]),
-                        int(c["bbox"][3])))
+                        int(c["bbox"][3])),
+                  confidence=(float(c["confidence"]) if c.get("confidence") is not None
+                              else None))
         for c in items
     )
 

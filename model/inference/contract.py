@@ -7,7 +7,16 @@ A SavedModel written by ``model.export`` has one signature, ``serving_default``:
     ->
     labels: uint8 [N, S, S]     class ids (argmax in the graph; only labels leave the device)
 
-and ``assets.extra/atrous.json`` with the ``ModelMetadata`` below.  A runtime
+and a second signature, ``probabilities``, on the same inputs::
+
+    ->
+    probabilities: float32 [N, S, S, C]  softmax of the logits upsampled to S x S
+                                         (their argmax is ``labels``)
+
+for tiling, test-time augmentation and per-class confidences; exports written before it
+existed lack it (the runtime then says to re-export).
+
+And ``assets.extra/atrous.json`` with the ``ModelMetadata`` below.  A runtime
 (``model.inference.runtimes``) loads such a model and is a ``Segmenter``: the one seam
 between the inference pipeline and whatever engine runs the network.  Nothing here
 imports TensorFlow.
@@ -15,6 +24,7 @@ imports TensorFlow.
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +34,8 @@ SIGNATURE_NAME = "serving_default"
 INPUT_IMAGES = "images"
 INPUT_SIZES = "sizes"
 OUTPUT_LABELS = "labels"
+PROBABILITIES_SIGNATURE = "probabilities"
+OUTPUT_PROBABILITIES = "probabilities"
 METADATA_PATH = Path("assets.extra") / "atrous.json"
 METADATA_VERSION = 1
 
@@ -93,3 +105,28 @@ class Segmenter(Protocol):
     oom_errors: tuple[type[BaseException], ...]
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray: ...
+
+    # Optional, for tiling, test-time augmentation and probability outputs (see
+    # ``probabilities_of``): uint8 [N, S, S, 3], int32 [N, 2] -> float32 [N, S, S, C].
+    # A runtime that cannot give them omits the method or sets ``has_probabilities = False``;
+    # the server then answers 501 ``not_supported`` to requests that need them.
+    #
+    # def probabilities(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray: ...
+
+
+class ProbabilitiesUnavailableError(RuntimeError):
+    """The runtime (or an old export) cannot give class probabilities."""
+
+
+def probabilities_of(segmenter: object) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """A segmenter's optional ``probabilities(images, sizes)`` method, or None.
+
+    Runtimes may implement it (uint8 [N, S, S, 3], int32 [N, 2] -> float32 [N, S, S, C]
+    softmax probabilities, the labels' argmax); those that do not, or whose model lacks it,
+    omit the method or set ``has_probabilities = False``.  Tiling, test-time augmentation,
+    ``format=json`` confidences and the probability formats need it.
+    """
+    method = getattr(segmenter, "probabilities", None)
+    if not callable(method) or not getattr(segmenter, "has_probabilities", True):
+        return None
+    return method

@@ -43,8 +43,10 @@ def overlay_jpeg(image: Image.Image, mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def summary(mask: np.ndarray, metadata: ModelMetadata) -> dict[str, Any]:
-    """The ``format=json`` body: size, model, classes present (pixels, bbox, RLE), mask PNG."""
+def summary(mask: np.ndarray, metadata: ModelMetadata,
+            confidences: dict[int, float] | None = None) -> dict[str, Any]:
+    """The ``format=json`` body: size, model, classes present (pixels, bbox, RLE, mean
+    confidence when known), mask PNG."""
     height, width = mask.shape
     total = height * width
     counts = np.bincount(mask.ravel(), minlength=256)
@@ -65,6 +67,7 @@ def summary(mask: np.ndarray, metadata: ModelMetadata) -> dict[str, Any]:
             "bbox": [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
                      int(rows[-1] - rows[0] + 1)],
             "rle": {"size": [height, width], "counts": _class_rle(runs, class_id, total)},
+            "confidence": None if confidences is None else confidences.get(class_id),
         })
     return {
         "width": width,

@@ -10,6 +10,18 @@ same image gives the same mask whichever way it came in (DeepLab's 513 semantics
 * ``restore`` / ``render``: the model's labels -> a mask at the image's own size ->
   a response body.
 
+Beyond that single pass (``InferenceOptions``: tiling, scales, flip; and the outputs that
+need class probabilities: ``json`` confidences, ``probabilities``, ``confidence``), one
+image becomes a group of model inputs (``model.inference.tiling``):
+
+* ``decode_group`` / ``prepare_group``: bytes or a PIL image -> its plan (checked against
+  the work budget) and every tile of every (scale, flip) pass;
+* ``run_group``: the tiles through a segmenter's ``probabilities``, a batch at a time
+  (the server hands them to its batcher as one group instead);
+* ``render_probabilities``: blend, average, argmax -> mask, confidence, planes -> body.
+
+A class filter applies on both paths: other classes become background.
+
 Image errors are ``imaging.ImageError`` subclasses; mapping them to HTTP statuses is
 the API layer's business.
 """
@@ -22,8 +34,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from model.inference import encoding, imaging, preprocessing
-from model.inference.contract import ModelMetadata, Segmenter
+from model.inference import augmented, encoding, imaging, preprocessing, tiling
+from model.inference import probabilities as probability_outputs
+from model.inference.contract import ModelMetadata, Segmenter, probabilities_of
+from model.inference.options import InferenceOptions
 
 
 class OutputFormat(enum.StrEnum):
@@ -32,10 +46,14 @@ class OutputFormat(enum.StrEnum):
     png = "png"
     json = "json"
     overlay = "overlay"
+    probabilities = "probabilities"
+    confidence = "confidence"
 
 
 MEDIA_TYPES = {OutputFormat.png: "image/png", OutputFormat.json: "application/json",
-               OutputFormat.overlay: "image/jpeg"}
+               OutputFormat.overlay: "image/jpeg",
+               OutputFormat.probabilities: probability_outputs.NPZ_MEDIA_TYPE,
+               OutputFormat.confidence: "image/png"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,16 +104,110 @@ def restore(labels: np.ndarray, prepared: Prepared) -> np.ndarray:
 
 
 def render(labels: np.ndarray, prepared: Prepared, output: OutputFormat,
-           metadata: ModelMetadata) -> bytes:
-    """Model labels [S, S] -> the body in the requested format."""
-    mask = restore(labels, prepared)
+           metadata: ModelMetadata, classes: tuple[int, ...] | None = None) -> bytes:
+    """Model labels [S, S] -> the body in the requested format (``png``, ``json`` without
+    confidences, ``overlay``); ``classes``: the others become background."""
+    mask = probability_outputs.filter_mask(restore(labels, prepared), classes)
+    return _render_mask(mask, prepared.image, output, metadata, None)
+
+
+def _render_mask(mask: np.ndarray, image: Image.Image | None, output: OutputFormat,
+                 metadata: ModelMetadata, confidences: dict[int, float] | None) -> bytes:
     if output is OutputFormat.png:
         return encoding.mask_png(mask)
     if output is OutputFormat.json:
-        return json.dumps(encoding.summary(mask, metadata), separators=(",", ":")).encode()
-    if prepared.image is None:
+        summary = encoding.summary(mask, metadata, confidences)
+        return json.dumps(summary, separators=(",", ":")).encode()
+    if output is not OutputFormat.overlay:
+        raise ValueError(f"format={output.value} needs probabilities: use render_probabilities")
+    if image is None:
         raise ValueError("an overlay needs the image: prepare it with keep_image=True")
-    return encoding.overlay_jpeg(prepared.image, mask)
+    return encoding.overlay_jpeg(image, mask)
+
+
+def needs_group(options: InferenceOptions, output: OutputFormat) -> bool:
+    """Whether this request takes the probabilities path (``decode_group`` ...)."""
+    return augmented.needs_probabilities(options, output.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedGroup:
+    """An image cut into every model input its options need."""
+
+    image: Image.Image  # RGB, EXIF-oriented, full resolution
+    plan: tiling.ImagePlan
+    canvases: np.ndarray  # uint8 [N, S, S, 3]
+    sizes: np.ndarray  # int32 [N, 2] valid (rows, cols) of each input
+
+
+def prepare_group(image: Image.Image, input_size: int, options: InferenceOptions, *,
+                  max_model_pixels: int | None = None,
+                  max_tiles: int | None = None) -> PreparedGroup:
+    """Plans and cuts a decoded RGB image.
+
+    Raises:
+        augmented.WorkTooLargeError: over ``max_model_pixels`` (tiles x S^2) or
+            ``max_tiles``, before any tile is cut.
+    """
+    plan = augmented.plan_for(image.size, input_size, options,
+                              max_model_pixels=max_model_pixels, max_tiles=max_tiles)
+    canvases, sizes = tiling.cut_image(image, plan)
+    return PreparedGroup(image, plan, canvases, sizes)
+
+
+def decode_group(data: bytes, *, max_pixels: int, input_size: int, options: InferenceOptions,
+                 max_model_pixels: int | None = None,
+                 max_tiles: int | None = None) -> PreparedGroup:
+    """Decodes one upload in full (never reduced: tiles want every pixel) and cuts it.
+
+    Raises:
+        imaging.ImageError: unsupported, corrupt or too large, or too much work.
+    """
+    image = imaging.load_image(data, max_pixels=max_pixels)
+    return prepare_group(image, input_size, options, max_model_pixels=max_model_pixels,
+                         max_tiles=max_tiles)
+
+
+def run_group(segmenter: Segmenter, group: PreparedGroup, *,
+              batch_size: int = 8) -> list[np.ndarray]:
+    """The group's inputs through the segmenter's ``probabilities``, ``batch_size`` at a time.
+
+    Raises:
+        contract.ProbabilitiesUnavailableError: the runtime gives no probabilities.
+    """
+    probabilities = probabilities_of(segmenter)
+    if probabilities is None:
+        from model.inference.contract import ProbabilitiesUnavailableError
+
+        raise ProbabilitiesUnavailableError(
+            f"the {getattr(segmenter, 'runtime', '?')} runtime gives no class probabilities "
+            "(needed by tiling, scales, flip and the probability formats)")
+    results = [probabilities(group.canvases[i:i + batch_size], group.sizes[i:i + batch_size])
+               for i in range(0, len(group.canvases), batch_size)]
+    return list(np.concatenate(results)) if results else []
+
+
+def resolve_group(probabilities: Sequence[np.ndarray], group: PreparedGroup,
+                  options: InferenceOptions, *, with_planes: bool = False) -> augmented.Rendered:
+    """Every input's probabilities [S, S, C] -> blended, averaged -> mask, confidence (and
+    quantized planes) at the image's size."""
+    merged = tiling.merge_image(group.plan, probabilities)
+    return augmented.resolve(merged, group.image.size, options.classes, with_planes=with_planes)
+
+
+def render_probabilities(probabilities: Sequence[np.ndarray], group: PreparedGroup,
+                         output: OutputFormat, options: InferenceOptions,
+                         metadata: ModelMetadata) -> bytes:
+    """Every input's probabilities [S, S, C] -> the body in the requested format."""
+    rendered = resolve_group(probabilities, group, options,
+                             with_planes=output is OutputFormat.probabilities)
+    if output is OutputFormat.probabilities:
+        return probability_outputs.probabilities_npz(rendered.planes, rendered.class_ids,
+                                                     metadata.labels, rendered.mask)
+    if output is OutputFormat.confidence:
+        return probability_outputs.confidence_png(rendered.confidence)
+    return _render_mask(rendered.mask, group.image, output, metadata,
+                        rendered.class_confidences)
 
 
 def segment_images(segmenter: Segmenter, images: Sequence[Image.Image]) -> list[np.ndarray]:

@@ -123,6 +123,33 @@ def pad_with_mean(images: Any, sizes: Any) -> Any:
     return tf.where(valid, images, tf.constant(MEAN_RGB, tf.float32))
 
 
+def upsampled_logits(images: Any, sizes: Any, config: ModelConfig) -> Any:
+    """DeepLab inference on letterboxed batches, up to the logits at input resolution.
+
+    Args:
+        images: uint8 [N, S, S, 3] (S = ``config.input_size``), image at the top left.
+        sizes: int32 [N, 2] valid (height, width) per image.
+        config: the model configuration (``config.precision`` is the compute dtype).
+
+    Returns:
+        float32 [N, S, S, num_classes]: logits upsampled bilinearly (corners aligned) to S x S.
+    """
+    padded = pad_with_mean(tf.cast(images, tf.float32), sizes)
+    logits, _ = segmentation_logits(padded, config, is_training=False)
+    size = tf.shape(images)[1:3]
+    return tf.compat.v1.image.resize_bilinear(logits, size, align_corners=True)
+
+
+def labels_from_logits(logits: Any) -> Any:
+    """float [N, S, S, C] logits -> uint8 [N, S, S] class ids (the argmax)."""
+    return tf.cast(tf.argmax(logits, axis=3, output_type=tf.int32), tf.uint8)
+
+
+def probabilities_from_logits(logits: Any) -> Any:
+    """float [N, S, S, C] logits -> float32 [N, S, S, C] class probabilities (softmax)."""
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=3)
+
+
 def predict_labels(images: Any, sizes: Any, config: ModelConfig) -> Any:
     """DeepLab inference on letterboxed batches, argmax inside the graph.
 
@@ -134,8 +161,4 @@ def predict_labels(images: Any, sizes: Any, config: ModelConfig) -> Any:
     Returns:
         uint8 [N, S, S] class ids: logits upsampled bilinearly (corners aligned) to S x S.
     """
-    padded = pad_with_mean(tf.cast(images, tf.float32), sizes)
-    logits, _ = segmentation_logits(padded, config, is_training=False)
-    size = tf.shape(images)[1:3]
-    logits = tf.compat.v1.image.resize_bilinear(logits, size, align_corners=True)
-    return tf.cast(tf.argmax(logits, axis=3, output_type=tf.int32), tf.uint8)
+    return labels_from_logits(upsampled_logits(images, sizes, config))

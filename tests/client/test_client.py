@@ -850,4 +850,4 @@ def test_results_are_json_friendly() -> None:
                               np.zeros((2, 2), np.uint8), ("background",)))
     dumped = json.dumps([dataclasses.asdict(c) for c in result.classes])
     assert json.loads(dumped) == [{"id": 0, "label": "background", "pixels": 4,
-                                   "fraction": 1.0, "bbox": [0, 0, 2, 2]}]
+                                   "fraction": 1.0, "bbox": [0, 0, 2, 2], "confidence": None}]

@@ -31,6 +31,7 @@ PUBLIC_NAMES = [
     "PayloadTooLargeError",
     "Segmentation",
     "ServiceUnavailableError",
+    "Tiling",
     "UnprocessableEntityError",
     "UnsupportedMediaTypeError",
     "VOC_PALETTE",

@@ -10,9 +10,21 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from app.api.deps import ServiceDep, SettingsDep
+from app.api.errors import NotSupportedError, ValidationError
 from app.api.schemas import ErrorEnvelope, Segmentation
 from app.api.upload import IMAGE_FIELD, read_image_bytes
-from model.inference.pipeline import MEDIA_TYPES, OutputFormat, decode, render
+from model.inference.contract import ModelMetadata, probabilities_of
+from model.inference.options import InferenceOptions, Tiling, parse_classes
+from model.inference.pipeline import (
+    MEDIA_TYPES,
+    OutputFormat,
+    decode,
+    decode_group,
+    needs_group,
+    render,
+    render_probabilities,
+)
+from model.inference.tiling import parse_scales
 
 router = APIRouter(tags=["segmentation"])
 T = TypeVar("T")
@@ -38,14 +50,19 @@ def _error(description: str) -> dict[str, Any]:
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": Segmentation,
-          "description": "the mask: palette PNG (`format=png`), JSON (`format=json`) or a "
-                         "JPEG overlay (`format=overlay`)",
-          "content": {"image/png": _BINARY, "image/jpeg": _BINARY}},
+          "description": "the mask: palette PNG (`format=png`), JSON (`format=json`), a "
+                         "JPEG overlay (`format=overlay`), probability planes as a numpy .npz "
+                         "(`format=probabilities`) or a greyscale confidence PNG "
+                         "(`format=confidence`)",
+          "content": {"image/png": _BINARY, "image/jpeg": _BINARY,
+                      "application/x-npz": _BINARY}},
     400: _error("empty body, or a corrupt image"),
-    413: _error("body over the upload limit, or image over the pixel limit"),
+    413: _error("body over the upload limit, image over the pixel limit, or tiling/scales/"
+                "flip needing more model input than the server allows"),
     415: _error("not a supported image format"),
     422: _error("no `image` field in the multipart body, or bad query values"),
     500: _error("internal error"),
+    501: _error("the model's runtime gives no class probabilities"),
     503: _error("model not ready, shutting down, or queue full (see Retry-After)"),
     504: _error("the request deadline passed"),
 }
@@ -61,15 +78,37 @@ async def segment(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
-    output: Annotated[OutputFormat, Query(alias="format",
-                                          description="png, json or overlay")] = OutputFormat.png,
+    output: Annotated[OutputFormat, Query(
+        alias="format",
+        description="png, json, overlay, probabilities or confidence")] = OutputFormat.png,
+    tiling: Annotated[Tiling, Query(
+        description="off (DeepLab's single pass), on (overlapping tiles at native "
+                    "resolution) or auto (tiles when the longer side > 2 x input size)")
+    ] = Tiling.off,
+    scales: Annotated[str | None, Query(
+        description="test-time scales whose probabilities are averaged, e.g. "
+                    "0.5,0.75,1,1.25,1.5,1.75", examples=["0.75,1,1.25"])] = None,
+    flip: Annotated[bool, Query(description="also run the mirrored image")] = False,
+    classes: Annotated[str | None, Query(
+        description="labels or ids to keep; other classes become background",
+        examples=["person,dog"])] = None,
 ) -> Response:
-    """Segment one image; returns a palette PNG mask, a JSON summary or a JPEG overlay."""
+    """Segment one image; returns a mask (PNG), a JSON summary, an overlay, probabilities or
+    confidences."""
     arrived = time.monotonic()
     batcher = service.require_ready()
     batcher.check_capacity()  # under overload, refuse before reading and decoding
     metadata = service.metadata
+    options = _options(metadata, tiling, scales, flip, classes, settings.tile_max_side)
+    grouped = needs_group(options, output)
+    if grouped and probabilities_of(service.loaded.segmenter if service.loaded else None) is None:
+        if output is not OutputFormat.json or not options.single_pass:
+            raise NotSupportedError("this model's runtime gives no class probabilities, which "
+                                    "tiling, scales, flip and this format need")
+        grouped = False  # json without confidences
     data = await read_image_bytes(request, settings.max_upload_bytes)
+    if grouped:
+        return await _segment_group(request, service, settings, data, output, options, arrived)
 
     started = time.monotonic()
     prepared = await service.run_blocking(functools.partial(
@@ -87,14 +126,69 @@ async def segment(
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
     inferred = time.monotonic()
-    body = await service.run_blocking(render, result.labels, prepared, output, metadata)
+    body = await service.run_blocking(render, result.labels, prepared, output, metadata,
+                                      options.classes)
     encoded = time.monotonic()
 
     stages = {"decode": decoded - started, "queue": result.queue_s,
               "inference": result.inference_s, "encode": encoded - inferred}
+    return _response(service, body, output, stages, {})
+
+
+def _options(metadata: ModelMetadata, tiling: Tiling, scales: str | None, flip: bool,
+             classes: str | None, tile_max_side: int) -> InferenceOptions:
+    """The query's options, each bad value a 422 naming it."""
+    try:
+        wanted = parse_classes(classes, metadata.labels) if classes is not None else None
+    except ValueError as e:
+        raise ValidationError(f"query.classes: {e}") from None
+    try:
+        parsed = parse_scales(scales) if scales is not None else (1.0,)
+    except ValueError as e:
+        raise ValidationError(f"query.scales: {e}") from None
+    return InferenceOptions(tiling=tiling, scales=parsed, flip=flip, classes=wanted,
+                            tile_max_side=tile_max_side)
+
+
+async def _segment_group(request: Request, service: ServiceDep, settings: SettingsDep,
+                         data: bytes, output: OutputFormat, options: InferenceOptions,
+                         arrived: float) -> Response:
+    """The probabilities path: every tile / scale / flip of the image through the batcher
+    as one group (all queued or none), then blended, averaged and rendered."""
+    batcher = service.require_ready()
+    metadata = service.metadata
+    started = time.monotonic()
+    group = await service.run_blocking(functools.partial(
+        decode_group, data, max_pixels=settings.max_image_pixels,
+        input_size=metadata.input_size, options=options,
+        max_model_pixels=settings.max_inference_pixels, max_tiles=settings.max_queue))
+    del data
+    decoded = time.monotonic()
+    remaining = settings.request_timeout_s - (decoded - arrived)
+    try:
+        results = await _unless_client_leaves(request, batcher.submit_group(
+            group.canvases, group.sizes, timeout=max(remaining, 0)))
+    except ClientGone:
+        service.metrics.rejections.labels(reason="client_gone").inc()
+        return Response(status_code=499)
+    inferred = time.monotonic()
+    body = await service.run_blocking(render_probabilities, [r.output for r in results], group,
+                                      output, options, metadata)
+    encoded = time.monotonic()
+    queued = max(r.queue_s for r in results)
+    stages = {"decode": decoded - started, "queue": queued,
+              "inference": inferred - decoded - queued, "encode": encoded - inferred}
+    return _response(service, body, output, stages,
+                     {"tiles": len(results), "scales": len(options.scales)})
+
+
+def _response(service: ServiceDep, body: bytes, output: OutputFormat,
+              stages: dict[str, float], counts: dict[str, int]) -> Response:
+    """The body with ``Server-Timing``: stage durations (ms), then counts (tiles, scales)."""
     for stage, seconds in stages.items():
         service.metrics.stage_latency.labels(stage=stage).observe(seconds)
-    timing = ", ".join(f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in stages.items())
+    timing = ", ".join([f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in stages.items()]
+                       + [f"{name};dur={count}" for name, count in counts.items()])
     return Response(body, media_type=MEDIA_TYPES[output], headers={"Server-Timing": timing})
 
 

@@ -8,6 +8,7 @@ so the request path of the server stays free of it.
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,8 +16,11 @@ from model.inference.contract import (
     INPUT_IMAGES,
     INPUT_SIZES,
     OUTPUT_LABELS,
+    OUTPUT_PROBABILITIES,
+    PROBABILITIES_SIGNATURE,
     SIGNATURE_NAME,
     ModelMetadata,
+    ProbabilitiesUnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -66,13 +70,37 @@ class SavedModelRunner:
         self._tf = tf
         self._loaded = tf.saved_model.load(str(self.path))
         self._signature = self._loaded.signatures[SIGNATURE_NAME]
+        self._probabilities = self._loaded.signatures.get(PROBABILITIES_SIGNATURE)
+        self.has_probabilities = self._probabilities is not None
         size = self.metadata.input_size
+        warmup_batch_sizes = tuple(warmup_batch_sizes)
         for batch in warmup_batch_sizes:
             self(np.zeros((batch, size, size, 3), np.uint8),
                  np.full((batch, 2), size, np.int32))
+        if self.has_probabilities and warmup_batch_sizes:  # its first call traces too
+            self.probabilities(np.zeros((1, size, size, 3), np.uint8),
+                               np.full((1, 2), size, np.int32))
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] and int32 [N, 2] -> uint8 [N, S, S] class ids."""
+        labels: np.ndarray = self._run(self._signature, images, sizes)[OUTPUT_LABELS].numpy()
+        return labels
+
+    def probabilities(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] and int32 [N, 2] -> float32 [N, S, S, C] class probabilities.
+
+        Raises:
+            ProbabilitiesUnavailableError: the SavedModel predates the signature.
+        """
+        if self._probabilities is None:
+            raise ProbabilitiesUnavailableError(
+                f"{self.path} has no {PROBABILITIES_SIGNATURE!r} signature (exported by an "
+                "older atrous): export it again")
+        outputs = self._run(self._probabilities, images, sizes)
+        probabilities: np.ndarray = outputs[OUTPUT_PROBABILITIES].numpy()
+        return probabilities
+
+    def _run(self, signature: Any, images: np.ndarray, sizes: np.ndarray) -> Any:
         size = self.metadata.input_size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"images must be uint8 [N, {size}, {size}, 3], "
@@ -80,9 +108,7 @@ class SavedModelRunner:
         sizes = np.asarray(sizes, np.int32)
         if sizes.shape != (len(images), 2):
             raise ValueError(f"sizes must be int32 [{len(images)}, 2], got {list(sizes.shape)}")
-        outputs = self._signature(**{
+        return signature(**{
             INPUT_IMAGES: self._tf.constant(images),
             INPUT_SIZES: self._tf.constant(sizes),
         })
-        labels: np.ndarray = outputs[OUTPUT_LABELS].numpy()
-        return labels
