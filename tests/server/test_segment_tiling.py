@@ -209,3 +209,23 @@ def test_the_sdk_gets_tiled_probabilities_for_the_requested_classes(server, stri
     assert {c.id for c in json_result.classes} == {0, 15}
     for mine, theirs in zip(result.classes, json_result.classes, strict=True):
         assert mine.confidence == pytest.approx(theirs.confidence, abs=0.01)
+
+
+def test_atrous_segment_through_the_server_writes_the_same_probabilities(server, stripes,
+                                                                         tmp_path):
+    from app.cli.main import main
+
+    body, _ = stripes
+    path = tmp_path / "stripes.png"
+    path.write_bytes(body)
+    assert main(["segment", str(path), "--url", server.url, "-o", str(tmp_path / "out"),
+                 "--tiling", "on", "--format", "probabilities", "--classes", "person"]) == 0
+    direct = npz_of(post(server, body, tiling="on", format="probabilities", classes="person"))
+    with np.load(tmp_path / "out" / "stripes.npz") as archive:
+        for name in ("probabilities", "class_ids", "labels", "mask"):
+            np.testing.assert_array_equal(archive[name], direct[name])
+    assert main(["segment", str(path), "--url", server.url, "-o", str(tmp_path / "conf"),
+                 "--tiling", "on", "--format", "confidence"]) == 0
+    with Image.open(tmp_path / "conf" / "stripes.png") as written:
+        np.testing.assert_array_equal(
+            np.asarray(written), mask_of(post(server, body, tiling="on", format="confidence")))
