@@ -144,8 +144,9 @@ def painted_server(server_factory, painted_saved_model: Path) -> "ServerProcess"
                            "ATROUS_MAX_BATCH_SIZE": "1"})  # one warm-up: a faster start
 
 
-# The painted model of the tiling tests (tiling_saved_model): cifar_resnet_20 at output stride 16 and a 129 input,
-# with the colour-routing weights (tests/checkpoint_factory.py), so the right answer is known.
+# The painted model of the tiling tests (tiling_saved_model): cifar_resnet_20 at output
+# stride 16 and a 129 input, with the colour-routing weights (tests/checkpoint_factory.py)
+# and a balanced background bias, so the right answer is known.
 TILING_INPUT_SIZE = 129
 
 
