@@ -342,7 +342,10 @@ window.fetch = async (input, init) => {
   }
   if (url.pathname.endsWith("/openapi.json")) {
     const spec = await (await realFetch(input, init)).json();
-    spec.paths["/segment"].post.parameters.push(...%s);
+    const extra = %s;  // replaces the served parameters of the same names
+    const post = spec.paths["/segment"].post;
+    post.parameters = post.parameters.filter((p) => !extra.some((e) => e.name === p.name));
+    post.parameters.push(...extra);
     Object.assign(spec.components.schemas, {Tiling: {type: "string", enum: ["off", "auto"]}});
     return new Response(JSON.stringify(spec), {headers: {"Content-Type": "application/json"}});
   }
