@@ -7,7 +7,9 @@ A SavedModel written by ``model.export`` has one signature, ``serving_default``:
     ->
     labels: uint8 [N, S, S]     class ids (argmax in the graph; only labels leave the device)
 
-and ``assets.extra/atrous.json`` with the ``ModelMetadata`` below.  A runtime
+and ``assets.extra/atrous.json`` with the ``ModelMetadata`` below.  The OpenVINO and ONNX
+exports (``model.inference.formats``) keep the signature, and the metadata file at the same
+place in their directory.  A runtime
 (``model.inference.runtimes``) loads such a model and is a ``Segmenter``: the one seam
 between the inference pipeline and whatever engine runs the network.  Nothing here
 imports TensorFlow.
@@ -44,6 +46,10 @@ class ModelMetadata:
     colors: tuple[tuple[int, int, int], ...]
     tensorflow_version: str
     version: int = METADATA_VERSION
+    #: ``savedmodel``, ``openvino`` or ``onnx`` (``model.inference.formats``); metadata
+    #: written before the field existed is a SavedModel's.  ``precision`` is ``int8`` for a
+    #: post-training-quantized export.
+    format: str = "savedmodel"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -58,6 +64,7 @@ class ModelMetadata:
 
     @classmethod
     def read(cls, saved_model_dir: str | Path) -> "ModelMetadata":
+        """Reads the metadata of an exported model directory, whatever its format."""
         path = Path(saved_model_dir) / METADATA_PATH
         try:
             return cls.from_dict(json.loads(path.read_text()))
@@ -80,7 +87,7 @@ class Segmenter(Protocol):
 
     Attributes:
         metadata: what was exported (backbone, input size, labels, ...).
-        runtime: the engine that runs it (``"tensorflow"``).
+        runtime: the engine that runs it (``"tensorflow"``, ``"openvino"``, ``"onnxruntime"``).
         runtime_version: that engine's version.
         device: where it runs, e.g. ``"CPU"`` or ``"GPU:0 (NVIDIA H100)"``.
         oom_errors: exceptions meaning "this batch is too big": the batcher splits it.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.inference import formats
 from model.inference.contract import (
     INPUT_IMAGES,
     INPUT_SIZES,
@@ -18,16 +19,22 @@ from model.inference.contract import (
     SIGNATURE_NAME,
     ModelMetadata,
 )
+from model.inference.runtimes.base import check_batch, warm_up
 
 log = logging.getLogger(__name__)
 
 RUNTIME = "tensorflow"
 
 
-def configure_devices(memory_growth: bool) -> str:
-    """Turns on GPU memory growth (before anything allocates) and names the device used."""
+def configure_devices(memory_growth: bool, threads: int | None = None) -> str:
+    """Sets GPU memory growth and CPU threads (before anything runs) and names the device."""
     import tensorflow as tf
 
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError as e:  # TensorFlow already initialised in this process
+            log.warning("could not set %d threads: %s", threads, e)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
@@ -49,40 +56,42 @@ class SavedModelRunner:
         warmup_batch_sizes: batch sizes run once at load, so that no request pays for
             graph tracing or kernel autotuning.
         gpu_memory_growth: allocate GPU memory as needed rather than all at once.
+        threads: intra-op CPU threads; None: TensorFlow's default (every core).
     """
 
     runtime = RUNTIME
 
     def __init__(self, path: str | Path, warmup_batch_sizes: Iterable[int] = (), *,
-                 gpu_memory_growth: bool = True) -> None:
+                 gpu_memory_growth: bool = True, threads: int | None = None) -> None:
         import tensorflow as tf
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
-        self.device = configure_devices(gpu_memory_growth)
+        fmt = formats.detect_format(self.path)
+        if fmt != formats.SAVEDMODEL:
+            raise ValueError(f"the tensorflow runtime loads SavedModels, and {path} is an "
+                             f"{fmt} export: use --runtime openvino or onnxruntime")
+        self.device = configure_devices(gpu_memory_growth, threads)
         self.runtime_version: str = tf.__version__
         self.oom_errors: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedError,
                                                             MemoryError)
         self._tf = tf
         self._loaded = tf.saved_model.load(str(self.path))
         self._signature = self._loaded.signatures[SIGNATURE_NAME]
-        size = self.metadata.input_size
-        for batch in warmup_batch_sizes:
-            self(np.zeros((batch, size, size, 3), np.uint8),
-                 np.full((batch, 2), size, np.int32))
+        warm_up(self, self.metadata.input_size, warmup_batch_sizes)
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] and int32 [N, 2] -> uint8 [N, S, S] class ids."""
-        size = self.metadata.input_size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"images must be uint8 [N, {size}, {size}, 3], "
-                             f"got {images.dtype} {list(images.shape)}")
-        sizes = np.asarray(sizes, np.int32)
-        if sizes.shape != (len(images), 2):
-            raise ValueError(f"sizes must be int32 [{len(images)}, 2], got {list(sizes.shape)}")
+        sizes = check_batch(images, sizes, self.metadata.input_size)
         outputs = self._signature(**{
             INPUT_IMAGES: self._tf.constant(images),
             INPUT_SIZES: self._tf.constant(sizes),
         })
         labels: np.ndarray = outputs[OUTPUT_LABELS].numpy()
         return labels
+
+
+def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,
+         gpu_memory_growth: bool) -> SavedModelRunner:
+    return SavedModelRunner(path, warmup_batch_sizes, gpu_memory_growth=gpu_memory_growth,
+                            threads=threads)
