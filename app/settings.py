@@ -22,9 +22,10 @@ Head = Literal[HEADS]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Runtime = Literal[runtimes.RUNTIME_CHOICES]  # type: ignore[valid-type]
 
-#: Batch size defaults, measured (benchmarks/RESULTS.md, "Runtimes"): on the CPU a bigger
-#: batch gains no images/s, only latency; a GPU needs a batch to fill it.
-CPU_MAX_BATCH_SIZE = 2
+#: Batch size defaults, measured (benchmarks/RESULTS.md, "Runtimes"): on the CPU a batch of 4
+#: costs more per image than 4 single calls with every runtime, so no batching; a GPU needs
+#: a batch to fill it.
+CPU_MAX_BATCH_SIZE = 1
 GPU_MAX_BATCH_SIZE = 16
 
 

@@ -176,9 +176,11 @@ def start_server(path: Path, runtime: str, log: Path) -> tuple[subprocess.Popen,
 def bench_servers(args: argparse.Namespace, paths: dict[tuple[str, bool], Path]) -> dict:
     import httpx
 
+    # The TensorFlow-runtime server, then the default runtime (auto) on each export format.
     servers = [("tensorflow server (SavedModel fp32)", paths[("savedmodel", False)],
                 "tensorflow"),
-               ("default server (SavedModel fp32)", paths[("savedmodel", False)], "auto"),
+               ("default server (OpenVINO fp32 export)", paths[("openvino", False)], "auto"),
+               ("default server (ONNX int8 export)", paths[("onnx", True)], "auto"),
                ("default server (OpenVINO int8 export)", paths[("openvino", True)], "auto")]
     logs = Path(tempfile.mkdtemp(prefix="atrous-runtimes-bench-"))
     started = []

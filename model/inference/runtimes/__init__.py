@@ -54,11 +54,14 @@ RUNTIMES: dict[str, Runtime] = {
 }
 RUNTIME_CHOICES = (AUTO, *RUNTIMES)
 
-#: Fastest first, per model format (benchmarks/RESULTS.md, "Runtimes", AMD EPYC Zen 3 AVX2).
+#: Fastest first, per model format, on the CPU (benchmarks/RESULTS.md, "Runtimes": AMD EPYC
+#: Zen 3, AVX2).  At fp32 OpenVINO and TensorFlow tie on a SavedModel (within the noise of
+#: that shared machine), so TensorFlow keeps it: no conversion at start, no extra package.
+#: ONNX Runtime ran its own INT8 (QDQ) export faster than OpenVINO did.
 CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
-    formats.SAVEDMODEL: ("openvino", "tensorflow"),
+    formats.SAVEDMODEL: ("tensorflow", "openvino"),
     formats.OPENVINO: ("openvino",),
-    formats.ONNX: ("openvino", "onnxruntime"),
+    formats.ONNX: ("onnxruntime", "openvino"),
 }
 GPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     formats.SAVEDMODEL: ("tensorflow", "openvino"),
