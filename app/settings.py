@@ -22,9 +22,9 @@ Head = Literal[HEADS]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Runtime = Literal[runtimes.RUNTIME_CHOICES]  # type: ignore[valid-type]
 
-#: Batch size defaults, measured (benchmarks/RESULTS.md, "Runtimes"): on the CPU a batch of 4
-#: costs more per image than 4 single calls with every runtime, so no batching; a GPU needs
-#: a batch to fill it.
+#: Batch size defaults, measured (benchmarks/RESULTS.md, "Runtimes"): on the CPU TensorFlow
+#: costs more per image at batch 4 than at batch 1 and no runtime gained enough to be worth
+#: the latency, so no batching; a GPU needs a batch to fill it.
 CPU_MAX_BATCH_SIZE = 1
 GPU_MAX_BATCH_SIZE = 16
 

@@ -57,7 +57,7 @@ RUNTIME_CHOICES = (AUTO, *RUNTIMES)
 #: Fastest first, per model format, on the CPU (benchmarks/RESULTS.md, "Runtimes": AMD EPYC
 #: Zen 3, AVX2).  At fp32 OpenVINO and TensorFlow tie on a SavedModel (within the noise of
 #: that shared machine), so TensorFlow keeps it: no conversion at start, no extra package.
-#: ONNX Runtime ran its own INT8 (QDQ) export faster than OpenVINO did.
+#: On an ONNX export ONNX Runtime (its own engine) and OpenVINO tie, at fp32 and INT8.
 CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     formats.SAVEDMODEL: ("tensorflow", "openvino"),
     formats.OPENVINO: ("openvino",),
