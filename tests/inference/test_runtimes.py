@@ -271,7 +271,7 @@ def test_a_server_on_another_runtime_batches_warms_up_and_reports_it(
 
 
 def test_serve_with_a_missing_runtime_package_fails_at_start_naming_the_extra(exports):
-    code = ("import sys; sys.modules['onnxruntime'] = None; from app.cli import main; "
+    code = ("import sys; sys.modules['onnxruntime'] = None; from app.cli.main import main; "
             f"sys.exit(main(['serve', '--model', {str(exports['onnx'])!r}, "
             "'--runtime', 'onnxruntime']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
