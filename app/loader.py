@@ -1,9 +1,11 @@
 """Settings -> a warmed ``Segmenter``: what the server serves, on which runtime.
 
-A model directory is loaded as is; a checkpoint is exported (and cached) first; with
-neither, the default random-initialised network is exported and served, with a loud
-warning.  ``model.export`` (and so tf-slim) is imported only in the last two cases, at
-start-up: the request path never imports it.
+A model directory (SavedModel, OpenVINO or ONNX export) is loaded as is, by the runtime
+``ATROUS_RUNTIME`` names (``auto``: the fastest installed for its format and device); a
+checkpoint is exported (and cached) as a SavedModel first; with neither, the default
+random-initialised network is exported and served, with a loud warning.  ``model.export``
+(and so tf-slim) is imported only in the last two cases, at start-up: the request path
+never imports it.
 """
 
 import dataclasses
@@ -49,9 +51,16 @@ def resolve_model_dir(settings: Settings) -> Path:
 
 def load_segmenter(settings: Settings) -> LoadedModel:
     """Loads (exporting first if needed) and warms up every batch size the batcher can form."""
+    if settings.model is None:
+        # Exporting runs TensorFlow: GPU memory growth must be set before it allocates.
+        from model.inference.runtimes.savedmodel import configure_devices
+
+        configure_devices(settings.gpu_memory_growth, settings.threads)
     path = resolve_model_dir(settings)
-    log.info("loading %s; warming up batch sizes 1..%d", path, settings.max_batch_size)
-    segmenter = load_runtime(path, warmup_batch_sizes=range(1, settings.max_batch_size + 1),
+    log.info("loading %s with runtime %s; warming up batch sizes 1..%d", path, settings.runtime,
+             settings.max_batch_size)
+    segmenter = load_runtime(path, settings.runtime, threads=settings.threads,
+                             warmup_batch_sizes=range(1, settings.max_batch_size + 1),
                              gpu_memory_growth=settings.gpu_memory_growth)
     log.info("runtime %s %s on %s", segmenter.runtime, segmenter.runtime_version,
              segmenter.device)

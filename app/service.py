@@ -104,7 +104,8 @@ class Service:
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
             self.metrics.ready.set(1)
-            log.info("ready: %s on %s, %.1f s after start", loaded.path, loaded.segmenter.device,
+            log.info("ready: %s with %s on %s, %.1f s after start", loaded.path,
+                     loaded.segmenter.runtime, loaded.segmenter.device,
                      time.monotonic() - self.started_at)
 
     async def stop(self) -> None:

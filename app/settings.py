@@ -13,12 +13,24 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.config import HEADS, PRECISIONS, ModelConfig
+from model.inference import formats, runtimes
 from model.inference.contract import ModelMetadata
 
 # The model fields' defaults are ModelConfig's: one source, no literal repeated here.
 _MODEL: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 Head = Literal[HEADS]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+Runtime = Literal[runtimes.RUNTIME_CHOICES]  # type: ignore[valid-type]
+
+#: Batch size defaults, measured (benchmarks/RESULTS.md, "Runtimes"): on the CPU TensorFlow
+#: costs more per image at batch 4 than at batch 1 and no runtime gained enough to be worth
+#: the latency, so no batching; a GPU needs a batch to fill it.
+CPU_MAX_BATCH_SIZE = 1
+GPU_MAX_BATCH_SIZE = 16
+
+
+def default_max_batch_size() -> int:
+    return GPU_MAX_BATCH_SIZE if runtimes.gpu_visible() else CPU_MAX_BATCH_SIZE
 
 
 class Settings(BaseSettings):
@@ -30,7 +42,9 @@ class Settings(BaseSettings):
 
     # What to serve: a SavedModel, or a checkpoint exported (and cached) at start, or neither
     # (the default random-initialised network, announced loudly).
-    model: Path | None = Field(None, description="SavedModel directory written by `atrous export`")
+    model: Path | None = Field(
+        None, description="model directory written by `atrous export` (SavedModel, OpenVINO "
+        "or ONNX)")
     checkpoint: Path | None = Field(None, description="checkpoint to export at start")
     # ModelConfig validates these (ATROUS_OUTPUT_STRIDE stays an int, not a Literal of ints:
     # environment values are strings, and pydantic does not coerce "8" to Literal[8]).
@@ -42,8 +56,18 @@ class Settings(BaseSettings):
     precision: Precision = _MODEL["precision"]
     cache_dir: Path = Path("~/.cache/atrous/savedmodels")
 
+    # What runs it (docs/runtimes.md): auto takes the fastest installed for the model's
+    # format and this device.
+    runtime: Runtime = Field(
+        runtimes.AUTO, description="inference engine: auto, tensorflow, openvino or onnxruntime")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for the runtime (unset: every core)")
+
     # Batching and load.
-    max_batch_size: int = Field(8, ge=1, le=256)
+    max_batch_size: int = Field(
+        default_factory=default_max_batch_size, ge=1, le=256,
+        description=f"most images per model call (default {CPU_MAX_BATCH_SIZE} on CPU, "
+        f"{GPU_MAX_BATCH_SIZE} with a GPU: measured in benchmarks/RESULTS.md)")
     max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
@@ -92,11 +116,15 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if self.model is not None and self.checkpoint is not None:
             raise ValueError("set ATROUS_MODEL or ATROUS_CHECKPOINT, not both")
+        format = formats.SAVEDMODEL  # what a checkpoint (or the default) is exported to
         if self.model is not None:
             try:
                 ModelMetadata.read(self.model)
+                format = formats.detect_format(self.model)
             except ValueError as e:
                 raise ValueError(f"ATROUS_MODEL: {e}") from None
+        if self.runtime != runtimes.AUTO:  # a missing package or a wrong format: fail now
+            runtimes.require(self.runtime, format)
         if self.checkpoint is not None:
             from model.checkpoints import CheckpointError, resolve_checkpoint
 

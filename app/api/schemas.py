@@ -77,8 +77,10 @@ class ModelInfo(BaseModel):
     classes: list[ClassInfo]
     weights: str
     trained: bool
-    precision: str
+    precision: str = Field(description="fp32, fp16, bf16, or int8 (a quantized export)")
+    format: str = Field(description="savedmodel, openvino or onnx")
     device: str
-    runtime: str = Field(description="the engine running the model, e.g. tensorflow")
+    runtime: str = Field(description="the engine running the model: tensorflow, openvino "
+                         "or onnxruntime")
     runtime_version: str
     batching: Batching

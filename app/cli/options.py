@@ -52,3 +52,14 @@ def untrained_warnings_to_stderr() -> Iterator[None]:
 
 def batch_size(text: str) -> Any:
     return [int(x) for x in text.split(",")]
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """--runtime and --threads, for the commands that run a model in this process."""
+    from model.inference.runtimes import RUNTIME_CHOICES
+
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                        help="engine for a local model (default auto: the fastest installed "
+                             "for the model's format and this device; docs/runtimes.md)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the runtime (default: every core)")

@@ -8,7 +8,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.cli.options import add_model_options, model_config, untrained_warnings_to_stderr
+from app.cli.options import (
+    add_model_options,
+    add_runtime_options,
+    model_config,
+    untrained_warnings_to_stderr,
+)
 
 Segment = Callable[[list[Any]], list[Any]]
 
@@ -18,7 +23,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("images", nargs="+", type=Path)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--checkpoint")
-    where.add_argument("--model", type=Path, help="SavedModel directory")
+    where.add_argument("--model", type=Path,
+                       help="exported model directory (SavedModel, OpenVINO or ONNX)")
     where.add_argument("--url", help="a running atrous server (uses the SDK)")
     parser.add_argument("--api-key", help="for --url: the server's API key "
                         "[default: $ATROUS_API_KEY]")
@@ -35,6 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--classes", help="labels or ids to keep, e.g. person,dog")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-pixels", type=int, default=40_000_000)
+    add_runtime_options(parser)
     add_model_options(parser)
     parser.set_defaults(run=run)
 
@@ -82,7 +89,9 @@ def _local_segmenter(args: argparse.Namespace) -> Segment:
         with untrained_warnings_to_stderr():
             model = cached_export(model_config(args), Settings.model_fields["cache_dir"].default,
                                   checkpoint=args.checkpoint)
-    segmenter = load_runtime(model)
+    segmenter = load_runtime(model, args.runtime, threads=args.threads)
+    print(f"runtime: {segmenter.runtime} {segmenter.runtime_version} on {segmenter.device}",
+          file=sys.stderr)
     args.labels = segmenter.metadata.labels
     options = _options(args, args.labels)
     output = pipeline.OutputFormat(args.format)

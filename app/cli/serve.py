@@ -16,7 +16,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = f"ATROUS_{name.upper()}"
-        default = "unset" if field.default is None else field.default
+        default: object = "unset" if field.default is None else field.default
+        if field.default_factory is not None:
+            default = "per device"
         help_text = f"{field.description or ''} [{env}, default {default}]".strip()
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,

@@ -63,6 +63,7 @@ class ModelInfo:
     trained: bool | None = None
     precision: str | None = None
     device: str | None = None
+    format: str | None = None  # savedmodel, openvino or onnx
     runtime: str | None = None
     runtime_version: str | None = None
     batching: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -92,6 +93,7 @@ class ModelInfo:
             trained=data.get("trained"),
             precision=data.get("precision"),
             device=data.get("device"),
+            format=data.get("format"),
             runtime=data.get("runtime"),
             runtime_version=data.get("runtime_version"),
             batching=dict(data.get("batching") or {}),

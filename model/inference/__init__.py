@@ -1,0 +1,1 @@
+"""The inference wing: what runs an exported model (no tf-slim, no ``model.nets`` here)."""

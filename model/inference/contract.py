@@ -16,7 +16,9 @@ and a second signature, ``probabilities``, on the same inputs::
 for tiling, test-time augmentation and per-class confidences; exports written before it
 existed lack it (the runtime then says to re-export).
 
-And ``assets.extra/atrous.json`` with the ``ModelMetadata`` below.  A runtime
+And ``assets.extra/atrous.json`` with the ``ModelMetadata`` below.  The OpenVINO and ONNX
+exports (``model.inference.formats``) keep the ``serving_default`` signature (not, yet, the
+probabilities one), and the metadata file at the same place in their directory.  A runtime
 (``model.inference.runtimes``) loads such a model and is a ``Segmenter``: the one seam
 between the inference pipeline and whatever engine runs the network.  Nothing here
 imports TensorFlow.
@@ -56,6 +58,10 @@ class ModelMetadata:
     colors: tuple[tuple[int, int, int], ...]
     tensorflow_version: str
     version: int = METADATA_VERSION
+    #: ``savedmodel``, ``openvino`` or ``onnx`` (``model.inference.formats``); metadata
+    #: written before the field existed is a SavedModel's.  ``precision`` is ``int8`` for a
+    #: post-training-quantized export.
+    format: str = "savedmodel"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -70,6 +76,7 @@ class ModelMetadata:
 
     @classmethod
     def read(cls, saved_model_dir: str | Path) -> "ModelMetadata":
+        """Reads the metadata of an exported model directory, whatever its format."""
         path = Path(saved_model_dir) / METADATA_PATH
         try:
             return cls.from_dict(json.loads(path.read_text()))
@@ -92,7 +99,7 @@ class Segmenter(Protocol):
 
     Attributes:
         metadata: what was exported (backbone, input size, labels, ...).
-        runtime: the engine that runs it (``"tensorflow"``).
+        runtime: the engine that runs it (``"tensorflow"``, ``"openvino"``, ``"onnxruntime"``).
         runtime_version: that engine's version.
         device: where it runs, e.g. ``"CPU"`` or ``"GPU:0 (NVIDIA H100)"``.
         oom_errors: exceptions meaning "this batch is too big": the batcher splits it.

@@ -14,15 +14,15 @@ async def model_info(service: ServiceDep) -> ModelInfo:
     """The served model: backbone, classes and colours, weights, runtime, device, batching."""
     metadata = service.metadata
     assert service.loaded is not None
-    segmenter = service.loaded.segmenter
     settings = service.settings
+    segmenter = service.loaded.segmenter
     return ModelInfo(
         backbone=metadata.backbone, output_stride=metadata.output_stride,
         input_size=metadata.input_size, num_classes=metadata.num_classes, head=metadata.head,
         classes=[ClassInfo(id=i, label=label, color=list(color)) for i, (label, color)
                  in enumerate(zip(metadata.labels, metadata.colors, strict=True))],
         weights=metadata.weights, trained=metadata.trained, precision=metadata.precision,
-        device=segmenter.device, runtime=segmenter.runtime,
+        format=metadata.format, device=segmenter.device, runtime=segmenter.runtime,
         runtime_version=segmenter.runtime_version,
         batching=Batching(max_batch_size=settings.max_batch_size,
                           max_batch_delay_ms=settings.max_batch_delay_ms,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from model.inference import formats
 from model.inference.contract import (
     INPUT_IMAGES,
     INPUT_SIZES,
@@ -22,16 +23,22 @@ from model.inference.contract import (
     ModelMetadata,
     ProbabilitiesUnavailableError,
 )
+from model.inference.runtimes.base import check_batch, warm_up
 
 log = logging.getLogger(__name__)
 
 RUNTIME = "tensorflow"
 
 
-def configure_devices(memory_growth: bool) -> str:
-    """Turns on GPU memory growth (before anything allocates) and names the device used."""
+def configure_devices(memory_growth: bool, threads: int | None = None) -> str:
+    """Sets GPU memory growth and CPU threads (before anything runs) and names the device."""
     import tensorflow as tf
 
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError as e:  # TensorFlow already initialised in this process
+            log.warning("could not set %d threads: %s", threads, e)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
@@ -53,17 +60,22 @@ class SavedModelRunner:
         warmup_batch_sizes: batch sizes run once at load, so that no request pays for
             graph tracing or kernel autotuning.
         gpu_memory_growth: allocate GPU memory as needed rather than all at once.
+        threads: intra-op CPU threads; None: TensorFlow's default (every core).
     """
 
     runtime = RUNTIME
 
     def __init__(self, path: str | Path, warmup_batch_sizes: Iterable[int] = (), *,
-                 gpu_memory_growth: bool = True) -> None:
+                 gpu_memory_growth: bool = True, threads: int | None = None) -> None:
         import tensorflow as tf
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
-        self.device = configure_devices(gpu_memory_growth)
+        fmt = formats.detect_format(self.path)
+        if fmt != formats.SAVEDMODEL:
+            raise ValueError(f"the tensorflow runtime loads SavedModels, and {path} is an "
+                             f"{fmt} export: use --runtime openvino or onnxruntime")
+        self.device = configure_devices(gpu_memory_growth, threads)
         self.runtime_version: str = tf.__version__
         self.oom_errors: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedError,
                                                             MemoryError)
@@ -74,12 +86,9 @@ class SavedModelRunner:
         self.has_probabilities = self._probabilities is not None
         size = self.metadata.input_size
         warmup_batch_sizes = tuple(warmup_batch_sizes)
-        for batch in warmup_batch_sizes:
-            self(np.zeros((batch, size, size, 3), np.uint8),
-                 np.full((batch, 2), size, np.int32))
+        warm_up(self, size, warmup_batch_sizes)
         if self.has_probabilities and warmup_batch_sizes:  # its first call traces too
-            self.probabilities(np.zeros((1, size, size, 3), np.uint8),
-                               np.full((1, 2), size, np.int32))
+            warm_up(self.probabilities, size, (1,))
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] and int32 [N, 2] -> uint8 [N, S, S] class ids."""
@@ -101,14 +110,14 @@ class SavedModelRunner:
         return probabilities
 
     def _run(self, signature: Any, images: np.ndarray, sizes: np.ndarray) -> Any:
-        size = self.metadata.input_size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"images must be uint8 [N, {size}, {size}, 3], "
-                             f"got {images.dtype} {list(images.shape)}")
-        sizes = np.asarray(sizes, np.int32)
-        if sizes.shape != (len(images), 2):
-            raise ValueError(f"sizes must be int32 [{len(images)}, 2], got {list(sizes.shape)}")
+        sizes = check_batch(images, sizes, self.metadata.input_size)
         return signature(**{
             INPUT_IMAGES: self._tf.constant(images),
             INPUT_SIZES: self._tf.constant(sizes),
         })
+
+
+def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,
+         gpu_memory_growth: bool) -> SavedModelRunner:
+    return SavedModelRunner(path, warmup_batch_sizes, gpu_memory_growth=gpu_memory_growth,
+                            threads=threads)

@@ -1,0 +1,40 @@
+"""Exported model formats: one directory each, the same ``atrous.json`` metadata in each.
+
+Every format is a directory holding the network file(s) and ``assets.extra/atrous.json``
+(``ModelMetadata``), so that ``ModelMetadata.read(directory)`` works whatever the format::
+
+    savedmodel/  saved_model.pb, variables/        (TensorFlow; the export of record)
+    openvino/    model.xml, model.bin              (OpenVINO IR)
+    onnx/        model.onnx                        (ONNX, opset 17)
+
+All three keep the serving signature: uint8 ``images`` [N, S, S, 3] and int32 ``sizes``
+[N, 2] in, uint8 ``labels`` [N, S, S] out.  No TensorFlow is needed to read this module.
+"""
+
+from pathlib import Path
+
+SAVEDMODEL = "savedmodel"
+OPENVINO = "openvino"
+ONNX = "onnx"
+FORMATS = (SAVEDMODEL, OPENVINO, ONNX)
+
+#: The file that marks a directory as holding each format.
+MODEL_FILES = {SAVEDMODEL: "saved_model.pb", OPENVINO: "model.xml", ONNX: "model.onnx"}
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of the model directory ``path``; ``ValueError`` naming what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a model directory (written by `atrous export`)")
+    for name, marker in MODEL_FILES.items():
+        if (path / marker).is_file():
+            return name
+    raise ValueError(f"{path} holds no exported model: expected one of "
+                     f"{', '.join(MODEL_FILES.values())}")
+
+
+def model_file(path: str | Path, format: str) -> Path:
+    """The network file of a model directory of ``format`` (the directory itself for SavedModel)."""
+    path = Path(path)
+    return path if format == SAVEDMODEL else path / MODEL_FILES[format]

@@ -1,0 +1,68 @@
+"""The ONNX Runtime runtime: a ``model.onnx`` export, on the CPU (or CUDA with onnxruntime-gpu)."""
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from model.inference import formats
+from model.inference.contract import INPUT_IMAGES, INPUT_SIZES, OUTPUT_LABELS, ModelMetadata
+from model.inference.runtimes.base import check_batch, warm_up
+
+log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeRunner:
+    """Loads an ONNX export into an ``onnxruntime.InferenceSession``.
+
+    Args:
+        path: a model directory holding ``model.onnx``.
+        warmup_batch_sizes: batch sizes run once at load.
+        threads: intra-op threads; None lets ONNX Runtime use every core.
+        use_gpu: put the session on CUDA (needs the onnxruntime-gpu package).
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, warmup_batch_sizes: Iterable[int] = (),
+                 threads: int | None = None, use_gpu: bool = False) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.metadata = ModelMetadata.read(self.path)
+        fmt = formats.detect_format(self.path)
+        if fmt != formats.ONNX:
+            raise ValueError(f"the onnxruntime runtime loads ONNX exports, and {self.path} is "
+                             f"a {fmt} export: write one with `atrous export --format onnx`")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self._session = ort.InferenceSession(str(formats.model_file(self.path, fmt)), options,
+                                             providers=providers)
+        self.runtime_version = ort.__version__
+        on_gpu = self._session.get_providers()[0] == "CUDAExecutionProvider"
+        self.device = "GPU:0 (CUDA)" if on_gpu else "CPU"
+        # ONNX Runtime raises its generic RuntimeException for a failed allocation too;
+        # only a Python MemoryError is certain to mean "too big a batch".
+        self.oom_errors: tuple[type[BaseException], ...] = (MemoryError,)
+        warm_up(self, self.metadata.input_size, warmup_batch_sizes)
+
+    def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] and int32 [N, 2] -> uint8 [N, S, S] class ids."""
+        sizes = check_batch(images, sizes, self.metadata.input_size)
+        (labels,) = self._session.run([OUTPUT_LABELS], {INPUT_IMAGES: images, INPUT_SIZES: sizes})
+        return np.asarray(labels, np.uint8)
+
+
+def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,
+         gpu_memory_growth: bool) -> OnnxRuntimeRunner:
+    from model.inference.runtimes import gpu_visible
+
+    del gpu_memory_growth  # ONNX Runtime's CUDA arena grows on demand
+    return OnnxRuntimeRunner(path, warmup_batch_sizes=warmup_batch_sizes, threads=threads,
+                             use_gpu=gpu_visible())

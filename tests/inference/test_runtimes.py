@@ -1,0 +1,282 @@
+"""OpenVINO and ONNX Runtime beside TensorFlow: parity, INT8, choice, errors, the server.
+
+One hand-set "colour routing" cifar_resnet_20 (129 x 129) is exported once as a
+SavedModel, then converted by ``atrous export --format openvino|onnx`` (fp32 and INT8):
+its masks are known and its logits do not tie, so the runtimes must agree pixel for
+pixel with the SavedModel (>= 99.9 %), and INT8 nearly so (>= 98 %).
+"""
+
+import asyncio
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from app.batcher import Batcher
+from app.cli.main import main
+from model.config import ModelConfig
+from model.inference import formats, runtimes
+from model.inference.contract import ModelMetadata
+from model.inference.pipeline import segment_images
+from model.inference.runtimes import RuntimeUnavailableError, choose_runtime, load_runtime
+from tests import checkpoint_factory
+
+CONFIG = ModelConfig(backbone="cifar_resnet_20", input_size=129)
+
+
+def routing_values(name: str, shape: list[int]) -> np.ndarray | None:
+    """The colour-routing weights, with the stem scaled for cifar's [-1, 1] inputs so that
+    its features are the mean-subtracted colours the routing head expects."""
+    value = checkpoint_factory.color_routing_value(name, shape)
+    if value is not None and name.endswith("conv1/weights") and name.count("/") == 2:
+        value = value * 127.5
+    return value
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """A gradient background with noise, and overlapping shapes in saturated and muddy
+    colours: edges at every angle and colours near the routing network's decision lines."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = rng.uniform(0, 120, 3) + rng.uniform(-60, 60, 3) * (x / width)[..., None]
+    base = base + rng.uniform(-60, 60, 3) * (y / height)[..., None]
+    image = Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(8):
+        x0, y0 = int(rng.integers(0, width - 10)), int(rng.integers(0, height - 10))
+        box = (x0, y0, x0 + int(rng.integers(10, width // 2)),
+               y0 + int(rng.integers(10, height // 2)))
+        colour = tuple(int(c) for c in rng.choice([rng.integers(0, 256, 3),
+                                                   np.eye(3, dtype=int)[rng.integers(3)] * 230]))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    return image
+
+
+IMAGES = [photo_like(w, h, seed) for seed, (w, h) in
+          enumerate([(160, 120), (129, 129), (90, 200), (300, 170), (64, 64), (200, 150)])]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    """savedmodel, openvino, onnx, openvino-int8 and onnx-int8 exports of the routed network."""
+    root = tmp_path_factory.mktemp("runtimes")
+    checkpoint = checkpoint_factory.write_checkpoint(CONFIG, root / "ckpt" / "routed",
+                                                     values=routing_values)
+    calibration = root / "calibration"
+    calibration.mkdir()
+    for i in range(8):
+        photo_like(160, 120, 100 + i).save(calibration / f"{i}.png")
+    small = ["--backbone", CONFIG.backbone, "--input-size", str(CONFIG.input_size)]
+    paths = {name: root / name for name in
+             ("savedmodel", "openvino", "onnx", "openvino-int8", "onnx-int8")}
+    saved = ["--model", str(paths["savedmodel"])]
+    calibrate = ["--int8", "--calibration", str(calibration)]
+    assert main(["export", *small, "--checkpoint", checkpoint,
+                 "--out", str(paths["savedmodel"])]) == 0
+    # From the checkpoint: the SavedModel is made on the way, then converted.
+    assert main(["export", *small, "--checkpoint", checkpoint, "--format", "openvino",
+                 "--out", str(paths["openvino"])]) == 0
+    assert main(["export", *saved, "--format", "onnx", "--out", str(paths["onnx"])]) == 0
+    # INT8 from the fp32 exports: quantized without converting again.
+    for format in ("openvino", "onnx"):
+        assert main(["export", "--model", str(paths[format]), "--format", format, *calibrate,
+                     "--out", str(paths[f"{format}-int8"])]) == 0
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference(exports) -> list[np.ndarray]:
+    """The SavedModel's masks, through TensorFlow: what every runtime must reproduce."""
+    masks = segment_images(load_runtime(exports["savedmodel"], "tensorflow"), IMAGES)
+    # Not a degenerate model: the routed colours give several classes in these images.
+    assert len(set(np.unique(np.concatenate([m.ravel() for m in masks])))) >= 3
+    return masks
+
+
+def agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    same = sum(int((m == r).sum()) for m, r in zip(masks, reference, strict=True))
+    return same / sum(r.size for r in reference)
+
+
+def test_every_export_has_the_metadata_beside_it(exports):
+    for name, path in exports.items():
+        metadata = ModelMetadata.read(path)
+        assert metadata.format == name.split("-")[0] == formats.detect_format(path)
+        assert metadata.precision == ("int8" if name.endswith("int8") else "fp32")
+        assert metadata.trained and metadata.backbone == "cifar_resnet_20"
+
+
+@pytest.mark.parametrize(("runtime", "export"), [("openvino", "openvino"),
+                                                 ("openvino", "savedmodel"),
+                                                 ("onnxruntime", "onnx")])
+def test_fp32_runtimes_give_the_saved_models_labels(exports, reference, runtime, export):
+    segmenter = load_runtime(exports[export], runtime, warmup_batch_sizes=[1, 2])
+    assert (segmenter.runtime, segmenter.metadata.input_size) == (runtime, 129)
+    assert segmenter.runtime_version[0].isdigit() and segmenter.device.startswith("CPU")
+    assert MemoryError in segmenter.oom_errors
+    masks = segment_images(segmenter, IMAGES)
+    assert agreement(masks, reference) >= 0.999
+    # One batch or image by image: the same labels.
+    single = [segment_images(segmenter, [image])[0] for image in IMAGES[:2]]
+    assert agreement(single, masks[:2]) == 1.0
+
+
+@pytest.mark.parametrize(("runtime", "export"), [("openvino", "openvino-int8"),
+                                                 ("onnxruntime", "onnx-int8")])
+def test_int8_exports_keep_98_percent_of_the_labels(exports, reference, runtime, export):
+    segmenter = load_runtime(exports[export], runtime)
+    assert segmenter.metadata.precision == "int8"
+    assert agreement(segment_images(segmenter, IMAGES), reference) >= 0.98
+
+
+def test_auto_takes_the_measured_order_and_logs_it(exports, caplog, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this test is about the CPU choice
+    caplog.set_level("INFO")
+    segmenter = load_runtime(exports["openvino"])
+    assert segmenter.runtime == "openvino"
+    assert "runtime auto: openvino for a openvino export on the CPU" in caplog.text
+    for format, order in runtimes.CPU_PREFERENCE.items():
+        assert choose_runtime(format, gpu=False) == order[0]
+    # A GPU: TensorFlow for a SavedModel (OpenVINO's CPU plugin would leave it idle).
+    assert choose_runtime(formats.SAVEDMODEL, gpu=True) == "tensorflow"
+
+
+def test_a_missing_runtime_package_names_the_pip_extra(exports, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(RuntimeUnavailableError, match=r"pip install 'atrous\[onnx\]'"):
+        load_runtime(exports["onnx"], "onnxruntime")
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    # auto falls back to what is installed, and says what to install when nothing is.
+    with pytest.raises(RuntimeUnavailableError, match=r"atrous\[openvino\]"):
+        load_runtime(exports["openvino"])
+    assert choose_runtime(formats.SAVEDMODEL, gpu=False) == "tensorflow"
+
+
+def test_a_runtime_that_cannot_read_the_format_says_what_to_export(exports):
+    with pytest.raises(RuntimeUnavailableError, match="--format onnx"):
+        load_runtime(exports["savedmodel"], "onnxruntime")
+    with pytest.raises(RuntimeUnavailableError, match="cannot load a onnx export"):
+        load_runtime(exports["onnx"], "tensorflow")
+    with pytest.raises(ValueError, match="holds no exported model"):
+        load_runtime(exports["savedmodel"] / "variables", "openvino")
+
+
+def test_export_refuses_int8_without_calibration_or_for_a_saved_model(exports, tmp_path,
+                                                                      capsys):
+    source = ["--model", str(exports["savedmodel"])]
+    assert main(["export", *source, "--format", "openvino", "--int8",
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert main(["export", "--format", "savedmodel", "--int8", "--out", str(tmp_path / "b")]) == 2
+    assert "--format openvino or onnx" in capsys.readouterr().err
+    assert main(["export", *source, "--format", "onnx", "--int8", "--calibration",
+                 str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "no calibration images" in capsys.readouterr().err
+    assert main(["export", "--model", str(exports["onnx"]), "--format", "openvino",
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "is a onnx export: convert a SavedModel" in capsys.readouterr().err
+    assert not any(p.name.startswith((".a", ".c", ".d", "a", "c", "d"))
+                   for p in tmp_path.iterdir())
+
+
+def test_the_batcher_splits_an_oom_batch_the_same_with_any_runtime(exports, reference):
+    """A runtime's oom_errors drive the split: an over-large batch still gets every label."""
+    segmenter = load_runtime(exports["onnx"], "onnxruntime")
+    calls: list[int] = []
+
+    def model(images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        if len(images) > 1:
+            raise MemoryError("batch too big")
+        return segmenter(images, sizes)
+
+    from model.inference.preprocessing import letterbox
+
+    async def run() -> list[np.ndarray]:
+        batcher = Batcher(model, max_batch_size=4, max_delay_s=0.2, max_queue=8,
+                          oom_errors=segmenter.oom_errors)
+        await batcher.start()
+        try:
+            boxed = [letterbox(image, 129) for image in IMAGES[:4]]
+            results = await asyncio.gather(*(batcher.submit(c, v, timeout=60) for c, v in boxed))
+        finally:
+            await batcher.stop(timeout=5)
+        return [r.labels for r in results]
+
+    labels = asyncio.run(run())
+    assert calls[0] == 4 and calls.count(1) == 4
+    want = segmenter(np.stack([letterbox(i, 129)[0] for i in IMAGES[:4]]),
+                     np.array([letterbox(i, 129)[1] for i in IMAGES[:4]], np.int32))
+    np.testing.assert_array_equal(np.stack(labels), want)
+
+
+def test_segment_and_bench_take_a_runtime(exports, reference, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    IMAGES[0].save(image)
+    assert main(["segment", str(image), "--model", str(exports["openvino"]), "--runtime",
+                 "openvino", "-o", str(tmp_path / "masks")]) == 0
+    assert "runtime: openvino" in capsys.readouterr().err
+    mask = np.asarray(Image.open(tmp_path / "masks" / "photo.png"))
+    assert (mask == reference[0]).mean() >= 0.999
+    assert main(["bench", "--model", str(exports["onnx"]), "--runtime", "onnxruntime",
+                 "--batch-sizes", "1,2", "--batches", "2", "--burn-in", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| onnxruntime")]
+    assert len(rows) == 2 and "| onnx | fp32 | cifar_resnet_20 | 129 | 2 |" in rows[1]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize(("runtime", "export"), [("onnxruntime", "onnx"),
+                                                 ("openvino", "openvino-int8")])
+def test_a_server_on_another_runtime_batches_warms_up_and_reports_it(
+        server_factory, exports, reference, runtime, export):
+    server = server_factory({"ATROUS_MODEL": str(exports[export]), "ATROUS_RUNTIME": runtime,
+                             "ATROUS_MAX_BATCH_SIZE": "3", "ATROUS_MAX_BATCH_DELAY_MS": "300"})
+    info = httpx.get(server.url + "/v1/model").json()
+    assert (info["runtime"], info["format"]) == (runtime, export.split("-")[0]), info
+    assert info["runtime_version"][0].isdigit() and info["batching"]["max_batch_size"] == 3
+    assert "warming up batch sizes 1..3" in server.log and f"with {runtime}" in server.log
+
+    async def segment_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/segment", content=png(image))
+                                          for image in IMAGES[:3]))
+
+    start = time.monotonic()
+    responses = asyncio.run(segment_all())
+    assert time.monotonic() - start < 10  # warmed: no compile on the first batch
+    assert [r.status_code for r in responses] == [200] * 3, responses[0].text
+    masks = [np.asarray(Image.open(io.BytesIO(r.content))) for r in responses]
+    floor = 0.98 if export.endswith("int8") else 0.999
+    assert agreement(masks, reference[:3]) >= floor
+    # The three requests met in the batcher: fewer model calls than images.
+    assert metric(server.url, "atrous_batch_size_sum") == 3
+    assert metric(server.url, "atrous_batch_size_count") < 3
+
+
+def test_serve_with_a_missing_runtime_package_fails_at_start_naming_the_extra(exports):
+    code = ("import sys; sys.modules['onnxruntime'] = None; from app.cli.main import main; "
+            f"sys.exit(main(['serve', '--model', {str(exports['onnx'])!r}, "
+            "'--runtime', 'onnxruntime']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'atrous[onnx]'" in result.stderr and "Traceback" not in result.stderr
