@@ -44,8 +44,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     ys = np.linspace(0, 1, height)[:, None, None]
     xs = np.linspace(0, 1, width)[None, :, None]
     ground = base + ys * tilt[0] + xs * tilt[1]
-    blotches = rng.normal(0, 14, size=(max(2, height // 16), max(2, width // 16), 3))
-    blotches = np.asarray(Image.fromarray(np.clip(blotches + 128, 0, 255).astype(np.uint8)).resize(
+    coarse = rng.normal(128, 14, size=(max(2, height // 16), max(2, width // 16), 3))
+    blotches = np.asarray(Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize(
         (width, height), Image.Resampling.BICUBIC), np.float32) - 128
     period = int(rng.integers(6, 14))
     checks = ((np.arange(height)[:, None] // period + np.arange(width)[None, :] // period) % 2)
