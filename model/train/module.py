@@ -19,13 +19,27 @@ Batch-norm moving averages are updated inside the step (automatic control
 dependencies of ``tf.function``), so no ``UPDATE_OPS`` collection is needed.
 """
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 from tf_keras.src.legacy_tf_layers.variable_scope_shim import track_tf1_style_variables
 
 from model import network
+from model.backbones import Backbone
 from model.config import ModelConfig
+
+
+@contextlib.contextmanager
+def _quiet_slim_updates() -> Iterator[None]:
+    """tf-slim's batch norm reads ``layer.updates``, which TF2 deprecates because eager and
+    ``tf.function`` apply the updates themselves (what this module relies on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`layer.updates` will be removed",
+                                category=UserWarning)
+        yield
 
 
 class SegmentationModule(tf.Module):
@@ -34,24 +48,31 @@ class SegmentationModule(tf.Module):
     Args:
         config: the network configuration.
         dtype: compute dtype (variables stay float32).
+        backbone: overrides the registry record (tests use tiny block tables).
     """
 
-    def __init__(self, config: ModelConfig, dtype: Any = tf.float32) -> None:
+    def __init__(self, config: ModelConfig, dtype: Any = tf.float32,
+                 backbone: Backbone | None = None) -> None:
         super().__init__(name=None)
         self.config = config
         self.compute_dtype = dtype
+        self.backbone = backbone
 
     @track_tf1_style_variables
     def logits(self, images: Any, *, is_training: bool) -> Any:
         """float32 RGB [N, H, W, 3] in [0, 255] -> float32 logits [N, h, w, classes]."""
-        logits, _ = network.segmentation_logits(images, self.config, is_training=is_training,
-                                                dtype=self.compute_dtype)
+        with _quiet_slim_updates():
+            logits, _ = network.segmentation_logits(images, self.config,
+                                                    is_training=is_training,
+                                                    backbone=self.backbone,
+                                                    dtype=self.compute_dtype)
         return logits
 
     @track_tf1_style_variables
     def labels(self, images: Any, sizes: Any) -> Any:
         """The serving graph: uint8 [N, S, S, 3] + int32 [N, 2] -> uint8 [N, S, S]."""
-        return network.predict_labels(images, sizes, self.config, dtype=self.compute_dtype)
+        with _quiet_slim_updates():
+            return network.predict_labels(images, sizes, self.config, dtype=self.compute_dtype)
 
     def build(self) -> None:
         """Creates every variable (in inference mode, so no moving average moves)."""

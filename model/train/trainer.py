@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from model.backbones import Backbone
 from model.config import ModelConfig
 from model.train import data, objective, run
 from model.train.augment import AugmentConfig, training_batches
@@ -135,10 +136,11 @@ class Trainer:
         train_config: the recipe.
         run_dir: where checkpoints, summaries and the record go.
         strategy: a ``tf.distribute`` strategy; None: the default (one device).
+        backbone: overrides the registry record (tests use tiny block tables).
     """
 
     def __init__(self, config: ModelConfig, train_config: TrainConfig, run_dir: str | Path,
-                 strategy: Any = None) -> None:
+                 strategy: Any = None, backbone: Backbone | None = None) -> None:
         self.config = config
         self.train_config = train_config
         self.run = Path(run_dir)
@@ -151,7 +153,7 @@ class Trainer:
         dtype = PRECISIONS[train_config.precision]
         with self.strategy.scope():
             tf.random.set_seed(train_config.seed)
-            self.module = SegmentationModule(config, dtype=dtype)
+            self.module = SegmentationModule(config, dtype=dtype, backbone=backbone)
             self.module.build()
             self.learning_rate = tf.Variable(train_config.learning_rate, trainable=False,
                                              dtype=tf.float32, name="learning_rate")
@@ -169,6 +171,7 @@ class Trainer:
         self.checkpoint_variables[run.GLOBAL_STEP] = self.global_step
         self._step_fn = self._make_step()
         self._predict_fn = tf.function(self._predict)
+        self._finite_fn = tf.function(self._all_finite)
 
     # -- building -----------------------------------------------------------------------
 
@@ -253,11 +256,28 @@ class Trainer:
                 dataclasses.asdict(self.train_config), init=init, replicas=self.replicas))
         return 0
 
-    def save(self, writer: run.CheckpointWriter, step: int) -> str | None:
+    def save(self, writer: run.CheckpointWriter, step: int, last: str | None) -> str | None:
+        """Checkpoints ``step`` unless a variable went non-finite (then raises, keeping ``last``).
+
+        A finite loss does not prove finite weights: batch-norm moving variances can
+        overflow a step before the loss does.
+        """
+        if not bool(self._finite_fn()):
+            bad = sorted(name for name, v in self.variables.items()
+                         if not np.isfinite(v.numpy()).all())
+            raise TrainingDivergedError(
+                f"variables became non-finite at step {step} ({', '.join(bad[:3])}"
+                f"{' ...' if len(bad) > 3 else ''}); stopped without saving; the last good "
+                f"checkpoint is {last or 'none (no checkpoint was written yet)'}. "
+                "Lower --learning-rate or check the data.")
         self.global_step.assign(step)
         if not self.chief:
             return None
         return writer.save(step)
+
+    def _all_finite(self) -> Any:
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+                              for v in self.variables.values()])
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -350,10 +370,12 @@ class Trainer:
                                          self._predict_fn(images[:1]).numpy(),
                                          self.config.num_classes)
                     if step % tc.save_every == 0 or step == tc.steps:
-                        last_checkpoint = self.save(writer, step) or last_checkpoint
+                        last_checkpoint = self.save(writer, step, last_checkpoint) or \
+                            last_checkpoint
                     if stop.is_set():
                         if step % tc.save_every:
-                            last_checkpoint = self.save(writer, step) or last_checkpoint
+                            last_checkpoint = self.save(writer, step, last_checkpoint) or \
+                                last_checkpoint
                         stopped = "signal"
                         break
         finally:

@@ -1,0 +1,26 @@
+"""Fixtures of the training tests: a small synthetic VOC directory and a briefly trained RUN."""
+
+from pathlib import Path
+
+import pytest
+from training_factory import TINY, tiny_train_config
+
+from model.train.trainer import Trainer
+
+
+@pytest.fixture(scope="session")
+def synthetic_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.train.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("voc") / "synthetic", train=6, val=3, size=64,
+                         seed=3)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, synthetic_voc: Path) -> Path:
+    """A RUN trained for 40 steps: enough that predictions are no longer ties."""
+    run = tmp_path_factory.mktemp("runs") / "trained"
+    Trainer(TINY, tiny_train_config(steps=40, batch_size=4, save_every=40, log_every=10,
+                                    image_every=40, learning_rate=0.05), run).train(
+        synthetic_voc, progress=False)
+    return run
