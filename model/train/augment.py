@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from model.backbones import MEAN_RGB
+from model.nets.backbones import MEAN_RGB
 from model.train.data import IGNORE_LABEL
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model import imaging, labels
 from model.config import ModelConfig
-from model.runner import Segmenter, segment_images
-from model.serving import ModelMetadata
+from model.inference import imaging, labels
+from model.inference.contract import ModelMetadata, Segmenter
+from model.inference.pipeline import segment_images
 from model.train.data import IGNORE_LABEL, load_examples
 
 # Evaluation reads trusted local files: allow VOC-sized and much larger images.
@@ -157,7 +157,7 @@ def metadata_for(config: ModelConfig, weights: str, trained: bool = True) -> Mod
     return ModelMetadata(
         backbone=config.backbone, output_stride=config.output_stride,
         num_classes=config.num_classes, head=config.head, input_size=config.input_size,
-        precision="fp32", trained=trained, weights=weights,
+        precision=config.precision, trained=trained, weights=weights,
         labels=tuple(labels.class_labels(config.num_classes)),
         colors=tuple((int(r), int(g), int(b))
                      for r, g, b in labels.voc_colormap(config.num_classes)),
@@ -171,10 +171,15 @@ class LiveSegmenter:
     function export writes into the SavedModel.
     """
 
+    runtime = "tensorflow"
+    device = "CPU"
+    oom_errors: tuple[type[BaseException], ...] = ()
+
     def __init__(self, module: Any, weights: str = "training") -> None:
         import tensorflow as tf
 
         self.metadata = metadata_for(module.config, weights)
+        self.runtime_version = tf.__version__
         self._labels = tf.function(module.labels)
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -192,10 +197,15 @@ class MultiScaleSegmenter:
         flip: add the left-right mirrored input at every scale.
     """
 
+    runtime = "tensorflow"
+    device = "CPU"
+    oom_errors: tuple[type[BaseException], ...] = ()
+
     def __init__(self, config: ModelConfig, checkpoint: str | Path, scales: Sequence[float],
                  flip: bool) -> None:
         import tensorflow as tf
 
+        self.runtime_version = tf.__version__
         from model.train.module import SegmentationModule
         from model.train.objective import init_from_checkpoint
 
@@ -213,7 +223,7 @@ class MultiScaleSegmenter:
     def _graph(self, images: Any, sizes: Any) -> Any:
         import tensorflow as tf
 
-        from model import network
+        from model.nets import network
 
         size = self.config.input_size
         padded = network.pad_with_mean(tf.cast(images, tf.float32), sizes)

@@ -27,9 +27,9 @@ from typing import Any
 import tensorflow as tf
 from tf_keras.src.legacy_tf_layers.variable_scope_shim import track_tf1_style_variables
 
-from model import network
-from model.backbones import Backbone
 from model.config import ModelConfig
+from model.nets import network
+from model.nets.backbones import Backbone
 
 
 @contextlib.contextmanager
@@ -46,16 +46,14 @@ class SegmentationModule(tf.Module):
     """``model.network`` with its variables owned by a ``tf.Module``.
 
     Args:
-        config: the network configuration.
-        dtype: compute dtype (variables stay float32).
+        config: the network configuration (``config.precision`` is the compute dtype;
+            variables stay float32).
         backbone: overrides the registry record (tests use tiny block tables).
     """
 
-    def __init__(self, config: ModelConfig, dtype: Any = tf.float32,
-                 backbone: Backbone | None = None) -> None:
+    def __init__(self, config: ModelConfig, backbone: Backbone | None = None) -> None:
         super().__init__(name=None)
         self.config = config
-        self.compute_dtype = dtype
         self.backbone = backbone
 
     @track_tf1_style_variables
@@ -64,15 +62,14 @@ class SegmentationModule(tf.Module):
         with _quiet_slim_updates():
             logits, _ = network.segmentation_logits(images, self.config,
                                                     is_training=is_training,
-                                                    backbone=self.backbone,
-                                                    dtype=self.compute_dtype)
+                                                    backbone=self.backbone)
         return logits
 
     @track_tf1_style_variables
     def labels(self, images: Any, sizes: Any) -> Any:
         """The serving graph: uint8 [N, S, S, 3] + int32 [N, 2] -> uint8 [N, S, S]."""
         with _quiet_slim_updates():
-            return network.predict_labels(images, sizes, self.config, dtype=self.compute_dtype)
+            return network.predict_labels(images, sizes, self.config)
 
     def build(self) -> None:
         """Creates every variable (in inference mode, so no moving average moves)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from model.labels import voc_colormap
+from model.inference.labels import voc_colormap
 from model.train.data import IGNORE_LABEL, IMAGES_DIR, LABELS_DIR, SPLITS_DIR
 
 

@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from model.backbones import Backbone
 from model.config import ModelConfig
+from model.nets.backbones import Backbone
 from model.train import data, objective, run
 from model.train.augment import AugmentConfig, training_batches
 from model.train.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}
 _FP16_LOSS_SCALE = 1024.0  # static: DeepLab-sized losses (< 10) never overflow at 2^10
 
 
@@ -58,7 +57,6 @@ class TrainConfig:
         image_every: steps between sample image/label/prediction summaries.
         eval_every: steps between mIoU measurements on the val split (0 = never).
         seed: initialisation, shuffling and augmentation.
-        precision: compute dtype; fp16 and bf16 want a GPU.
         keep_checkpoints: checkpoints kept in RUN.
     """
 
@@ -74,15 +72,11 @@ class TrainConfig:
     image_every: int = 100
     eval_every: int = 0
     seed: int = 0
-    precision: str = "fp32"
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.save_every < 1 or self.log_every < 1:
             raise ValueError("steps, batch_size, save_every and log_every must be >= 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
@@ -150,10 +144,9 @@ class Trainer:
             raise ValueError(f"batch_size {train_config.batch_size} must be a multiple of the "
                              f"{self.replicas} replicas")
         self.chief = _is_chief(self.strategy)
-        dtype = PRECISIONS[train_config.precision]
         with self.strategy.scope():
             tf.random.set_seed(train_config.seed)
-            self.module = SegmentationModule(config, dtype=dtype, backbone=backbone)
+            self.module = SegmentationModule(config, backbone=backbone)
             self.module.build()
             self.learning_rate = tf.Variable(train_config.learning_rate, trainable=False,
                                              dtype=tf.float32, name="learning_rate")
@@ -199,9 +192,9 @@ class Trainer:
             cross_entropy = ce_sum / tf.maximum(global_count, 1.0)
             decay = objective.weight_decay_loss(variables, self.config.weight_decay)
             loss = cross_entropy + decay / self.replicas
-            scaled = loss * _FP16_LOSS_SCALE if tc.precision == "fp16" else loss
+            scaled = loss * _FP16_LOSS_SCALE if self.config.precision == "fp16" else loss
         gradients = tape.gradient(scaled, variables)
-        if tc.precision == "fp16":
+        if self.config.precision == "fp16":
             gradients = [g / _FP16_LOSS_SCALE for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         correct, counted = objective.pixel_counts(logits, labels)
@@ -365,7 +358,7 @@ class Trainer:
                         run.append_history(self.run, entry)
                         assert summaries is not None
                         summaries.scalars(step, entry)
-                    if summaries is not None and (step % tc.image_every == 0 or step == 1):
+                    if summaries is not None and step % tc.image_every == 0:
                         summaries.sample(step, images[:1].numpy(), labels[:1].numpy(),
                                          self._predict_fn(images[:1]).numpy(),
                                          self.config.num_classes)
@@ -410,7 +403,7 @@ class _Summaries:
         from PIL import Image
         from tensorflow.core.framework import summary_pb2
 
-        from model.labels import voc_colormap
+        from model.inference.labels import voc_colormap
 
         colours = voc_colormap(256)
         pictures = {

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-from training_factory import TINY, tiny_train_config
 
 from model.train.trainer import Trainer
+from tests.train.training_factory import TINY, tiny_train_config
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +18,9 @@ def synthetic_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, synthetic_voc: Path) -> Path:
-    """A RUN trained for 40 steps: enough that predictions are no longer ties."""
+    """A RUN trained for 30 steps: enough that predictions are no longer ties."""
     run = tmp_path_factory.mktemp("runs") / "trained"
-    Trainer(TINY, tiny_train_config(steps=40, batch_size=4, save_every=40, log_every=10,
-                                    image_every=40, learning_rate=0.05), run).train(
+    Trainer(TINY, tiny_train_config(steps=30, batch_size=4, save_every=30, log_every=10,
+                                    learning_rate=0.05), run).train(
         synthetic_voc, progress=False)
     return run

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from model.backbones import MEAN_RGB
+from model.nets.backbones import MEAN_RGB
 from model.train import augment
 
 COLOURS = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255), 4: (255, 255, 0)}

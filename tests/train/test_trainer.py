@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from training_factory import TINY, TINY_BACKBONE, tiny_train_config
 
-from model import checkpoints, export, network
+from model import checkpoints, export
+from model.nets import network
 from model.train import run
 from model.train.trainer import Trainer, TrainingDivergedError
+from tests.train.training_factory import TINY, TINY_BACKBONE, tiny_train_config
 
 
 def fixed_batch(seed=0):
@@ -78,7 +79,7 @@ def test_run_checkpoint_names_are_the_serving_graph_names(trained_run, tmp_path)
     assert stored == graph
     assert checkpoints.run_config(trained_run) == TINY
     record = json.loads((trained_run / checkpoints.RUN_CONFIG_FILE).read_text())
-    assert record["training"]["steps"] == 40
+    assert record["training"]["steps"] == 30
     metadata = export.export_saved_model(checkpoints.run_config(trained_run),
                                          tmp_path / "exported", checkpoint=trained_run)
-    assert metadata.trained and metadata.weights.endswith("model.ckpt-40")
+    assert metadata.trained and metadata.weights.endswith("model.ckpt-30")

@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from model.backbones import get_backbone
 from model.config import ModelConfig
+from model.nets.backbones import get_backbone
 from model.train.augment import AugmentConfig
 from model.train.trainer import TrainConfig
 
