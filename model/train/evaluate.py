@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from model.config import ModelConfig
-from model.inference import imaging, labels
+from model.inference import encoding, imaging, labels
 from model.inference.contract import ModelMetadata, Segmenter
 from model.inference.pipeline import segment_images
 from model.train.data import IGNORE_LABEL, load_examples
@@ -114,10 +113,8 @@ class EvalResult:
 
 
 def save_mask(mask: np.ndarray, path: Path) -> None:
-    """A palette PNG (pixel = class id, VOC colours), as the server's ``format=png``."""
-    image = Image.fromarray(mask, mode="P")
-    image.putpalette(labels.palette())
-    image.save(path, optimize=False)
+    """The server's ``format=png`` body, byte for byte (palette PNG, pixel = class id)."""
+    path.write_bytes(encoding.mask_png(mask))
 
 
 def evaluate(segmenter: Segmenter, data_path: str | Path, split: str, num_classes: int, *,

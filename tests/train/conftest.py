@@ -24,3 +24,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, synthetic_voc: Path) -
                                     learning_rate=0.05), run).train(
         synthetic_voc, progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
+    """The export cache holding trained_run's SavedModel (shared: exporting takes seconds)."""
+    from model import checkpoints
+    from model.export import cached_export
+
+    cache = tmp_path_factory.mktemp("export-cache")
+    config = checkpoints.run_config(trained_run)
+    assert config is not None
+    cached_export(config, cache, checkpoint=trained_run)
+    return cache

@@ -1,0 +1,79 @@
+"""Evaluation: metrics from a hand-computed confusion matrix; trained -> exported -> served
+masks equal the masks ``atrous eval --save-predictions`` writes."""
+
+import json
+import math
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli.main import main
+from model import checkpoints
+from model.inference.runtimes import load_runtime
+from model.train import data, evaluate
+
+
+def test_metrics_from_a_hand_computed_confusion_matrix():
+    truth = np.array([[0, 0, 1], [1, 2, 255]], np.uint8)
+    prediction = np.array([[0, 1, 1], [1, 0, 2]], np.uint8)
+    confusion = evaluate.ConfusionMatrix(4)
+    confusion.update(truth, prediction)
+    expected = np.zeros((4, 4), np.int64)
+    expected[0, 0], expected[0, 1], expected[1, 1], expected[2, 0] = 1, 1, 2, 1
+    np.testing.assert_array_equal(confusion.matrix, expected)
+    iou = confusion.per_class_iou()
+    # class 0: TP 1, FP 1 (a 2 read as 0), FN 1 (a 0 read as 1); class 1: 2 / (2 + 1)
+    np.testing.assert_allclose(iou[:3], [1 / 3, 2 / 3, 0.0])
+    assert math.isnan(iou[3])  # never seen: not part of the mean
+    assert confusion.miou() == pytest.approx(1 / 3)
+    assert confusion.pixel_accuracy() == pytest.approx(3 / 5)
+    report = confusion.to_dict(["bg", "a", "b", "c"])
+    assert report["per_class_iou"] == {"bg": pytest.approx(1 / 3), "a": pytest.approx(2 / 3),
+                                       "b": 0.0, "c": None}
+    assert report["confusion_matrix"] == expected.tolist()
+    assert "mIoU" in confusion.table() and "pixel accuracy" in confusion.table()
+
+
+def test_served_masks_equal_eval_predictions(trained_run, synthetic_voc, tmp_path,
+                                             export_cache, server_factory, capsys):
+    cache, predictions, report = export_cache, tmp_path / "pred", tmp_path / "m.json"
+    assert main(["eval", "--data", str(synthetic_voc), "--checkpoint", str(trained_run),
+                 "--cache-dir", str(cache), "--save-predictions", str(predictions),
+                 "--json", str(report)]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    metrics = json.loads(report.read_text())
+    assert set(metrics) >= {"miou", "pixel_accuracy", "per_class_iou", "confusion_matrix"}
+    # The JSON agrees with the saved masks scored independently.
+    confusion = evaluate.ConfusionMatrix(21)
+    for name, _, label in data.load_examples(synthetic_voc, "val", 21):
+        with Image.open(predictions / f"{name}.png") as mask:
+            confusion.update(label, np.asarray(mask))
+    assert confusion.matrix.tolist() == metrics["confusion_matrix"]
+    assert len(np.unique(confusion.matrix.sum(0).nonzero())) > 1  # not one class everywhere
+
+    (exported,) = [p for p in cache.iterdir() if (p / "saved_model.pb").is_file()]
+    server = server_factory({"ATROUS_MODEL": str(exported)})
+    for example in data.voc_examples(synthetic_voc, "val"):
+        response = httpx.post(server.url + "/segment", timeout=60,
+                              files={"image": example.image.read_bytes()})
+        assert response.status_code == 200, response.text
+        assert response.content == (predictions / f"{example.name}.png").read_bytes()
+
+
+def test_multi_scale_at_scale_one_equals_single_scale(trained_run, synthetic_voc,
+                                                      export_cache):
+    from model.export import cached_export
+
+    config = checkpoints.run_config(trained_run)
+    single = evaluate.evaluate(load_runtime(cached_export(config, export_cache,
+                                                          checkpoint=trained_run)),
+                               synthetic_voc, "val", 21)
+    multi = evaluate.MultiScaleSegmenter(config, trained_run, (1.0,), flip=False)
+    np.testing.assert_array_equal(
+        evaluate.evaluate(multi, synthetic_voc, "val", 21).confusion.matrix,
+        single.confusion.matrix)
+    flipped = evaluate.MultiScaleSegmenter(config, trained_run, (0.75,), flip=True)
+    result = evaluate.evaluate(flipped, synthetic_voc, "val", 21, scales=(0.75,), flip=True)
+    assert result.confusion.matrix.sum() == single.confusion.matrix.sum()
