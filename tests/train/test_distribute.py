@@ -1,0 +1,41 @@
+"""tf.distribute for real on a CPU: MirroredStrategy over two logical devices and
+MultiWorkerMirroredStrategy over two local worker processes (TF_CONFIG on loopback) give
+one device's losses on the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.checkpoint_factory import write_checkpoint
+from tests.conftest import REPO, free_port
+from tests.train.training_factory import TINY, TINY_BACKBONE
+
+
+def test_mirrored_and_multi_worker_match_one_device(tmp_path):
+    init = write_checkpoint(TINY, tmp_path / "init" / "model.ckpt", backbone=TINY_BACKBONE)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    module = [sys.executable, "-m", "tests.train.distributed_worker"]
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = [subprocess.Popen([*module, "local", init, str(tmp_path / "local.json")],
+                                  cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)]
+    for index in range(2):
+        worker_env = dict(env, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [*module, "worker", init, str(tmp_path / f"worker{index}.json")],
+            cwd=REPO, env=worker_env, stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr[-3000:]
+    local = json.loads((tmp_path / "local.json").read_text())
+    workers = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
+    assert local["replicas"] == 2 and workers[0]["replicas"] == 2
+    single = np.array(local["single"])
+    assert single[-1] < single[0]  # the steps trained
+    np.testing.assert_allclose(local["mirrored"], single, rtol=1e-4)
+    for worker in workers:
+        np.testing.assert_allclose(worker["multi-worker"], single, rtol=1e-4)
