@@ -50,19 +50,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     recipe.add_argument("--scale-step", type=float, default=0.25)
     recipe.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     recipe.add_argument("--seed", type=int, default=0)
-    run = parser.add_argument_group("run")
-    run.add_argument("--strategy", choices=STRATEGIES, default="default",
+    running = parser.add_argument_group("run")
+    running.add_argument("--strategy", choices=STRATEGIES, default="default",
                      help="mirrored: the GPUs of this node (or --cpu-devices); "
                           "multi-worker: the cluster in TF_CONFIG")
-    run.add_argument("--cpu-devices", type=int, default=0,
+    running.add_argument("--cpu-devices", type=int, default=0,
                      help="split the CPU into N logical devices (to try mirrored on a CPU)")
-    run.add_argument("--save-every", type=int, default=1000)
-    run.add_argument("--log-every", type=int, default=10)
-    run.add_argument("--image-every", type=int, default=200)
-    run.add_argument("--eval-every", type=int, default=0,
+    running.add_argument("--save-every", type=int, default=1000)
+    running.add_argument("--log-every", type=int, default=10)
+    running.add_argument("--image-every", type=int, default=200)
+    running.add_argument("--eval-every", type=int, default=0,
                      help="measure val mIoU every N steps (0: never)")
-    run.add_argument("--eval-split", default="val")
-    run.add_argument("--no-progress", action="store_true")
+    running.add_argument("--eval-split", default="val")
+    running.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run)
 
 

@@ -172,13 +172,10 @@ class Trainer:
         """Creates the momentum slots with a zero-gradient update (moves nothing)."""
         variables = list(self.trainable.values())
 
-        @tf.function
-        def zero_step() -> None:
-            def replica() -> None:
-                self.optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
-            self.strategy.run(replica)
+        def replica() -> None:
+            self.optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
 
-        zero_step()
+        self.strategy.run(replica)  # eagerly: tracing it would cost as much as the step
 
     def _replica_loss(self, images: Any, labels: Any) -> dict[str, Any]:
         tc = self.train_config

@@ -4,25 +4,27 @@ from pathlib import Path
 
 import pytest
 
-from model.train.trainer import Trainer
-from tests.train.training_factory import TINY, tiny_train_config
+from app.cli.main import main
+from tests.train.training_factory import TINY
 
 
 @pytest.fixture(scope="session")
 def synthetic_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.train.synthetic import write_dataset
-
-    return write_dataset(tmp_path_factory.mktemp("voc") / "synthetic", train=6, val=3, size=64,
-                         seed=3)
+    """``atrous data synthetic``: 6 train + 3 val scenes of 64 px."""
+    out = tmp_path_factory.mktemp("voc") / "synthetic"
+    assert main(["data", "synthetic", str(out), "--train", "6", "--val", "3", "--size", "64",
+                 "--seed", "3"]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, synthetic_voc: Path) -> Path:
-    """A RUN trained for 30 steps: enough that predictions are no longer ties."""
+    """``atrous train`` for 30 steps: enough that predictions are no longer ties."""
     run = tmp_path_factory.mktemp("runs") / "trained"
-    Trainer(TINY, tiny_train_config(steps=30, batch_size=4, save_every=30, log_every=10,
-                                    learning_rate=0.05), run).train(
-        synthetic_voc, progress=False)
+    assert main(["train", "--data", str(synthetic_voc), "--out", str(run),
+                 "--backbone", TINY.backbone, "--crop-size", str(TINY.input_size),
+                 "--steps", "30", "--batch-size", "4", "--learning-rate", "0.05",
+                 "--save-every", "30", "--log-every", "10", "--no-progress"]) == 0
     return run
 
 

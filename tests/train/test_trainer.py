@@ -3,12 +3,16 @@ checkpoint, and a RUN is a checkpoint that export reads under the serving graph'
 
 import dataclasses
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import checkpoints, export
+from app.cli.main import main
+from model import checkpoints
+from model.inference.contract import ModelMetadata
 from model.nets import network
 from model.train import run
 from model.train.trainer import Trainer, TrainingDivergedError
@@ -51,14 +55,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_trainer, 
 
 def test_resume_continues_the_step_count(tmp_path, synthetic_voc):
     out = tmp_path / "run"
-    first = Trainer(TINY, tiny_train_config(steps=1, save_every=1), out,
-                    backbone=TINY_BACKBONE).train(synthetic_voc, progress=False)
-    assert first.step == 1 and first.checkpoint.endswith("model.ckpt-1")
-    resumed = Trainer(TINY, tiny_train_config(steps=2, save_every=1), out,
+
+    def sigterm_after_the_first_step() -> float:
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes the step, saves, stops
+        return 0.0
+
+    first = Trainer(TINY, tiny_train_config(steps=5, save_every=100, eval_every=1), out,
+                    backbone=TINY_BACKBONE).train(synthetic_voc, progress=False,
+                                                  evaluate=sigterm_after_the_first_step)
+    assert (first.stopped, first.step) == ("signal", 1)
+    assert first.checkpoint.endswith("model.ckpt-1")  # saved on the signal, not by schedule
+    resumed = Trainer(TINY, tiny_train_config(steps=2, save_every=1, eval_every=1), out,
                       backbone=TINY_BACKBONE)
     with pytest.raises(run.RunError, match="pass --resume"):
         resumed.train(synthetic_voc, progress=False)
-    result = resumed.train(synthetic_voc, resume=True, progress=False)
+    result = resumed.train(synthetic_voc, resume=True, progress=False, evaluate=lambda: 0.5)
     assert result.step == 2 and run.step_of(result.checkpoint) == 2
     assert [h["step"] for h in run.read_history(out)] == [1, 2]
     # the momentum slots travelled: the resumed step started from non-zero accumulators
@@ -80,6 +91,10 @@ def test_run_checkpoint_names_are_the_serving_graph_names(trained_run, tmp_path)
     assert checkpoints.run_config(trained_run) == TINY
     record = json.loads((trained_run / checkpoints.RUN_CONFIG_FILE).read_text())
     assert record["training"]["steps"] == 30
-    metadata = export.export_saved_model(checkpoints.run_config(trained_run),
-                                         tmp_path / "exported", checkpoint=trained_run)
+    # `atrous export --checkpoint RUN` needs no network flags; contradicting ones stop it.
+    assert main(["export", "--checkpoint", str(trained_run), "--out", str(tmp_path / "x"),
+                 "--backbone", "resnet_v1_50"]) == 2
+    assert main(["export", "--checkpoint", str(trained_run), "--out", str(tmp_path / "x")]) == 0
+    metadata = ModelMetadata.read(tmp_path / "x")
     assert metadata.trained and metadata.weights.endswith("model.ckpt-30")
+    assert (metadata.backbone, metadata.input_size) == (TINY.backbone, TINY.input_size)
