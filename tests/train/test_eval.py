@@ -74,3 +74,29 @@ def test_multi_scale_at_scale_one_equals_single_scale(trained_run, synthetic_voc
     np.testing.assert_array_equal(
         evaluate.evaluate(multi, synthetic_voc, "val", 21).confusion.matrix,
         single.confusion.matrix)
+
+
+class _ColourLogits:
+    """A stand-in network: logits are the red and green values, pixel by pixel."""
+
+    def logits(self, images, *, is_training):
+        import tensorflow as tf
+
+        assert not is_training
+        return tf.cast(images[..., :2], tf.float32) / 10.0
+
+
+def test_multi_scale_flip_averages_aligned_probabilities():
+    from model.config import ModelConfig
+
+    segmenter = object.__new__(evaluate.MultiScaleSegmenter)
+    segmenter.config = ModelConfig(backbone="cifar_resnet_20", input_size=33, num_classes=2)
+    segmenter.scales, segmenter.flip, segmenter.module = (0.5, 1.0, 1.5), True, _ColourLogits()
+    image = np.zeros((1, 33, 33, 3), np.uint8)
+    image[0, :, :10] = (200, 20, 0)  # red: class 0 on the left
+    image[0, :, 10:30] = (20, 200, 0)  # green: class 1
+    labels = segmenter._graph(image, np.array([[33, 30]], np.int32)).numpy()[0]
+    # Mirrored predictions are mirrored back: the left stays 0 and the right stays 1
+    # (without the flip back, the average would be symmetric about the centre).
+    assert (labels[:, 1:8] == 0).all() and (labels[:, 12:28] == 1).all()
+    assert (labels[:, 31:] == 0).all()  # the mean-pixel padding: red 123 > green 116
