@@ -34,11 +34,12 @@ from model.nets.backbones import Backbone
 
 @contextlib.contextmanager
 def _quiet_slim_updates() -> Iterator[None]:
-    """tf-slim's batch norm reads ``layer.updates``, which TF2 deprecates because eager and
-    ``tf.function`` apply the updates themselves (what this module relies on)."""
+    """tf-slim's layers call ``layer.apply`` and read ``layer.updates``, which TF2 deprecates
+    (eager and ``tf.function`` apply the updates themselves: what this module relies on).
+    One warning per layer per trace is noise to a user watching ``atrous train``."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`layer.updates` will be removed",
-                                category=UserWarning)
+        for message in ("`layer.updates` will be removed", "`layer.apply` is deprecated"):
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         yield
 
 
