@@ -33,7 +33,6 @@ from model.train.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
-_FP16_LOSS_SCALE = 1024.0  # static: DeepLab-sized losses (< 10) never overflow at 2^10
 
 
 class TrainingDivergedError(RuntimeError):
@@ -144,6 +143,13 @@ class Trainer:
             raise ValueError(f"batch_size {train_config.batch_size} must be a multiple of the "
                              f"{self.replicas} replicas")
         self.chief = _is_chief(self.strategy)
+        if config.precision != "fp32":
+            # The half-precision graph reads float32 variables through a casting custom
+            # getter; under the TF2 variable shim, slim's layers then register their
+            # regularizers on the cast tensor and fail.  Train in fp32, export in fp16/bf16.
+            raise ValueError(f"training runs in fp32 only (got precision {config.precision!r});"
+                             " export the trained RUN with --precision fp16 or bf16 to serve "
+                             "it in half precision")
         with self.strategy.scope():
             tf.random.set_seed(train_config.seed)
             self.module = SegmentationModule(config, backbone=backbone)
@@ -189,10 +195,7 @@ class Trainer:
             cross_entropy = ce_sum / tf.maximum(global_count, 1.0)
             decay = objective.weight_decay_loss(variables, self.config.weight_decay)
             loss = cross_entropy + decay / self.replicas
-            scaled = loss * _FP16_LOSS_SCALE if self.config.precision == "fp16" else loss
-        gradients = tape.gradient(scaled, variables)
-        if self.config.precision == "fp16":
-            gradients = [g / _FP16_LOSS_SCALE for g in gradients]
+        gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         correct, counted = objective.pixel_counts(logits, labels)
         return {"loss": loss, "cross_entropy": cross_entropy, "correct": correct,

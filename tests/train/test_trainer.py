@@ -98,3 +98,8 @@ def test_run_checkpoint_names_are_the_serving_graph_names(trained_run, tmp_path)
     metadata = ModelMetadata.read(tmp_path / "x")
     assert metadata.trained and metadata.weights.endswith("model.ckpt-30")
     assert (metadata.backbone, metadata.input_size) == (TINY.backbone, TINY.input_size)
+
+
+def test_half_precision_training_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match="training runs in fp32 only"):
+        Trainer(dataclasses.replace(TINY, precision="fp16"), tiny_train_config(), tmp_path)
