@@ -6,8 +6,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-_PANEL = (520, 300)
-_MARGIN = (64, 28, 20, 44)  # left, top, right, bottom
+_PANEL = (560, 320)
+_MARGIN = (70, 28, 24, 44)  # left, top, right, bottom
 _COLOURS = {"loss": (31, 119, 180), "miou": (214, 39, 40), "pixel_accuracy": (44, 160, 44)}
 
 
@@ -52,16 +52,18 @@ def _panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], title: str,
         draw.line((x, y1, x, y1 + 4), fill=(0, 0, 0))
         draw.text((x - 12, y1 + 8), f"{value:.0f}", fill=(0, 0, 0), font=font)
     draw.text(((x0 + x1) // 2 - 12, y1 + 24), "step", fill=(0, 0, 0), font=font)
-    legend_y = y0 + 6
+    legend_x = x0 + 8 * len(title) + 16  # on the title row, never over the curves
     for name, values in series.items():
         colour = _COLOURS.get(name, (0, 0, 0))
         if len(values) > 1:
             draw.line([at(x, y) for x, y in values], fill=colour, width=2)
-        for x, y in values[-1:] if len(values) > 1 else values:
+        # Sparse series (mIoU every N steps) get a dot per measurement; dense ones only the last.
+        for x, y in values if len(values) <= 30 else values[-1:]:
             cx, cy = at(x, y)
             draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=colour)
-        draw.text((x1 - 120, legend_y), f"{name} {values[-1][1]:.3f}", fill=colour, font=font)
-        legend_y += 14
+        label = f"{name} {values[-1][1]:.3f}"
+        draw.text((legend_x, oy + 6), label, fill=colour, font=font)
+        legend_x += 8 * len(label) + 16
 
 
 def draw_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -74,7 +76,7 @@ def draw_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     draw = ImageDraw.Draw(image)
     _panel(draw, (0, 0), "training loss", {"loss": series("loss")}, None, font)
     quality = {"miou": series("miou"), "pixel_accuracy": series("pixel_accuracy")}
-    _panel(draw, (_PANEL[0], 0), "val mIoU, train pixel accuracy",
+    _panel(draw, (_PANEL[0], 0), "val mIoU / train accuracy",
            {k: v for k, v in quality.items() if v}, (0.0, 1.0), font)
     path = Path(path)
     image.save(path)
