@@ -20,22 +20,20 @@ def test_mirrored_and_multi_worker_match_one_device(tmp_path):
     module = [sys.executable, "-m", "tests.train.distributed_worker"]
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    processes = [subprocess.Popen([*module, "local", init, str(tmp_path / "local.json")],
-                                  cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)]
+    processes = []
     for index in range(2):
         worker_env = dict(env, TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         processes.append(subprocess.Popen(
-            [*module, "worker", init, str(tmp_path / f"worker{index}.json")],
+            [*module, init, str(tmp_path / f"worker{index}.json")],
             cwd=REPO, env=worker_env, stderr=subprocess.PIPE, text=True))
     for process in processes:
         _, stderr = process.communicate(timeout=240)
         assert process.returncode == 0, stderr[-3000:]
-    local = json.loads((tmp_path / "local.json").read_text())
-    workers = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
-    assert local["replicas"] == 2 and workers[0]["replicas"] == 2
-    single = np.array(local["single"])
+    first, second = (json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2))
+    assert first["multi-worker replicas"] == 2 and second["mirrored replicas"] == 2
+    single = np.array(first["single"])
     assert single[-1] < single[0]  # the steps trained
-    np.testing.assert_allclose(local["mirrored"], single, rtol=1e-4)
-    for worker in workers:
+    np.testing.assert_allclose(second["mirrored"], single, rtol=1e-4)
+    for worker in (first, second):
         np.testing.assert_allclose(worker["multi-worker"], single, rtol=1e-4)
