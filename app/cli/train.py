@@ -118,9 +118,12 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, seed=args.seed)
     trainer = Trainer(config, train_config, args.out, strategy=strategy)
 
+    live: list[evaluate.LiveSegmenter] = []  # built once: its graph is traced once
+
     def val_miou() -> float:
-        live = evaluate.LiveSegmenter(trainer.module)
-        return evaluate.evaluate(live, args.data, args.eval_split, config.num_classes,
+        if not live:
+            live.append(evaluate.LiveSegmenter(trainer.module))
+        return evaluate.evaluate(live[0], args.data, args.eval_split, config.num_classes,
                                  batch_size=8).confusion.miou()
 
     try:
