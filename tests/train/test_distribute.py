@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.checkpoint_factory import write_checkpoint
 from tests.conftest import REPO, free_port
 from tests.train.training_factory import TINY, TINY_BACKBONE
 
 
+@pytest.mark.slow  # two TensorFlow processes tracing three trainings: ~60 s on 2 busy cores
 def test_mirrored_and_multi_worker_match_one_device(tmp_path):
     init = write_checkpoint(TINY, tmp_path / "init" / "model.ckpt", backbone=TINY_BACKBONE)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
