@@ -16,6 +16,7 @@ missing, unexpected and mis-shaped variables.
 """
 
 import dataclasses
+import json
 import logging
 import re
 from pathlib import Path
@@ -35,6 +36,9 @@ _IGNORED = re.compile(
     r"|(^beta[12]_power(_\d+)?$)"
 )
 _LISTED = 8
+# A training run directory (``atrous train --out RUN``) records its network here, so that
+# a RUN is a complete checkpoint: ``export``/``eval --checkpoint RUN`` need no model flags.
+RUN_CONFIG_FILE = "atrous_run.json"
 
 
 class CheckpointError(ValueError):
@@ -95,6 +99,20 @@ def resolve_checkpoint(path: str | Path) -> str:
     if not (path.exists() or path.with_name(path.name + ".index").exists()):
         raise CheckpointError(f"checkpoint {path} not found")
     return str(path)
+
+
+def run_config(path: str | Path) -> ModelConfig | None:
+    """The ``ModelConfig`` a training run directory recorded; None for anything else."""
+    path = Path(path).expanduser()
+    record = path / RUN_CONFIG_FILE if path.is_dir() else path.parent / RUN_CONFIG_FILE
+    if not record.is_file():
+        return None
+    try:
+        stored = json.loads(record.read_text())["model"]
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in stored.items() if k in known})
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{record} is not a valid run record: {e}") from None
 
 
 def read_variable_shapes(checkpoint: str) -> dict[str, list[int]]:

@@ -30,8 +30,32 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                            help=f"default {_DEFAULTS[name]}", **kwargs)
 
 
+# What may differ from a training run's record when serving it (not the network's shape).
+SERVING_FLAGS = ("input_size", "precision")
+
+
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(**{name: getattr(args, name) for name in MODEL_FLAGS})
+    """The flags' network, or the one a training RUN (``--checkpoint RUN``) recorded.
+
+    A RUN needs no model flags; ``--input-size`` and ``--precision`` may still change
+    how it is served, any other flag set away from its default is a contradiction.
+    """
+    from model.checkpoints import run_config
+
+    checkpoint = getattr(args, "checkpoint", None)
+    recorded = run_config(checkpoint) if checkpoint else None
+    flags = {name: getattr(args, name) for name in MODEL_FLAGS
+             if getattr(args, name, None) is not None}
+    if recorded is None:
+        return ModelConfig(**flags)
+    changed = {k: v for k, v in flags.items() if v != _DEFAULTS[k]}
+    conflicts = sorted(k for k, v in changed.items()
+                       if k not in SERVING_FLAGS and v != getattr(recorded, k))
+    if conflicts:
+        raise ValueError(f"{checkpoint} is a training run that records its network; drop "
+                         + ", ".join("--" + k.replace("_", "-") for k in conflicts))
+    return dataclasses.replace(recorded, **{k: v for k, v in changed.items()
+                                            if k in SERVING_FLAGS})
 
 
 @contextlib.contextmanager
