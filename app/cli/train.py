@@ -35,9 +35,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--input-size", type=int, default=None,
                        help="serving input size recorded in RUN (default: the crop size)")
     group.add_argument("--precision", choices=PRECISIONS, default=None,
-                       help="fp32 only for training today (fp16/bf16 are refused with the "
-                            "reason); export the RUN with --precision to serve in half "
-                            "precision")
+                       help="compute dtype (default fp32); fp16/bf16 train in mixed "
+                            "precision: float32 weights and updates, fp16 with loss scaling")
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--steps", type=int, default=30000)
     recipe.add_argument("--batch-size", type=int, default=8, help="global batch")

@@ -65,6 +65,7 @@ def segmentation_logits(
     is_training: bool,
     backbone: Backbone | None = None,
     nominal: bool = False,
+    regularize: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Preprocessing, backbone and head: RGB pixels to logits at feature resolution.
 
@@ -75,6 +76,9 @@ def segmentation_logits(
         backbone: overrides the registry record (tests use tiny block tables).
         nominal: build without atrous units, at the backbone's nominal stride (the
             reference the atrous networks are checked against).
+        regularize: attach slim's L2 weight regularizers (from the arg_scope); the trainer
+            computes weight decay itself and turns them off (they cannot sit on the cast
+            variables of a half-precision network under the TF2 variable shim).
 
     Returns:
         logits: Tensor [N, (H-1)/OS+1, (W-1)/OS+1, num_classes], float32.
@@ -91,7 +95,9 @@ def segmentation_logits(
                                      batch_norm_decay=config.batch_norm_decay,
                                      batch_norm_epsilon=config.batch_norm_epsilon)), \
             slim.arg_scope([slim.batch_norm], is_training=is_training,
-                           fused=None if dtype == tf.float32 else False):
+                           fused=None if dtype == tf.float32 else False), \
+            slim.arg_scope([slim.conv2d],
+                           **({} if regularize else {"weights_regularizer": None})):
         features, end_points = spec.build(inputs, output_stride=stride,
                                           is_training=is_training)
         if config.head == "aspp":
@@ -123,19 +129,22 @@ def pad_with_mean(images: Any, sizes: Any) -> Any:
     return tf.where(valid, images, tf.constant(MEAN_RGB, tf.float32))
 
 
-def upsampled_logits(images: Any, sizes: Any, config: ModelConfig) -> Any:
+def upsampled_logits(images: Any, sizes: Any, config: ModelConfig, *,
+                     regularize: bool = True) -> Any:
     """DeepLab inference on letterboxed batches, up to the logits at input resolution.
 
     Args:
         images: uint8 [N, S, S, 3] (S = ``config.input_size``), image at the top left.
         sizes: int32 [N, 2] valid (height, width) per image.
         config: the model configuration (``config.precision`` is the compute dtype).
+        regularize: as in ``segmentation_logits``.
 
     Returns:
         float32 [N, S, S, num_classes]: logits upsampled bilinearly (corners aligned) to S x S.
     """
     padded = pad_with_mean(tf.cast(images, tf.float32), sizes)
-    logits, _ = segmentation_logits(padded, config, is_training=False)
+    logits, _ = segmentation_logits(padded, config, is_training=False,
+                                    regularize=regularize)
     size = tf.shape(images)[1:3]
     return tf.compat.v1.image.resize_bilinear(logits, size, align_corners=True)
 
@@ -150,15 +159,17 @@ def probabilities_from_logits(logits: Any) -> Any:
     return tf.nn.softmax(tf.cast(logits, tf.float32), axis=3)
 
 
-def predict_labels(images: Any, sizes: Any, config: ModelConfig) -> Any:
+def predict_labels(images: Any, sizes: Any, config: ModelConfig, *,
+                   regularize: bool = True) -> Any:
     """DeepLab inference on letterboxed batches, argmax inside the graph.
 
     Args:
         images: uint8 [N, S, S, 3] (S = ``config.input_size``), image at the top left.
         sizes: int32 [N, 2] valid (height, width) per image.
         config: the model configuration (``config.precision`` is the compute dtype).
+        regularize: as in ``segmentation_logits``.
 
     Returns:
         uint8 [N, S, S] class ids: logits upsampled bilinearly (corners aligned) to S x S.
     """
-    return labels_from_logits(upsampled_logits(images, sizes, config))
+    return labels_from_logits(upsampled_logits(images, sizes, config, regularize=regularize))

@@ -63,14 +63,14 @@ class SegmentationModule(tf.Module):
         with _quiet_slim_updates():
             logits, _ = network.segmentation_logits(images, self.config,
                                                     is_training=is_training,
-                                                    backbone=self.backbone)
+                                                    backbone=self.backbone, regularize=False)
         return logits
 
     @track_tf1_style_variables
     def labels(self, images: Any, sizes: Any) -> Any:
         """The serving graph: uint8 [N, S, S, 3] + int32 [N, 2] -> uint8 [N, S, S]."""
         with _quiet_slim_updates():
-            return network.predict_labels(images, sizes, self.config)
+            return network.predict_labels(images, sizes, self.config, regularize=False)
 
     def build(self) -> None:
         """Creates every variable (in inference mode, so no moving average moves)."""

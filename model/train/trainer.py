@@ -33,6 +33,11 @@ from model.train.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
+#: fp16 training multiplies the loss (and divides the gradients) by this, so that small
+#: gradients do not flush to zero in half precision; a step that overflows is caught by the
+#: non-finite check like any divergence.  bf16 has fp32's range and needs none.
+FP16_LOSS_SCALE = 1024.0
+
 
 
 class TrainingDivergedError(RuntimeError):
@@ -143,13 +148,9 @@ class Trainer:
             raise ValueError(f"batch_size {train_config.batch_size} must be a multiple of the "
                              f"{self.replicas} replicas")
         self.chief = _is_chief(self.strategy)
-        if config.precision != "fp32":
-            # The half-precision graph reads float32 variables through a casting custom
-            # getter; under the TF2 variable shim, slim's layers then register their
-            # regularizers on the cast tensor and fail.  Train in fp32, export in fp16/bf16.
-            raise ValueError(f"training runs in fp32 only (got precision {config.precision!r});"
-                             " export the trained RUN with --precision fp16 or bf16 to serve "
-                             "it in half precision")
+        # Mixed precision: variables, the loss and the updates stay float32, the network
+        # computes in config.precision; fp16 gradients underflow without loss scaling.
+        self.loss_scale = FP16_LOSS_SCALE if config.precision == "fp16" else 1.0
         with self.strategy.scope():
             tf.random.set_seed(train_config.seed)
             self.module = SegmentationModule(config, backbone=backbone)
@@ -195,7 +196,10 @@ class Trainer:
             cross_entropy = ce_sum / tf.maximum(global_count, 1.0)
             decay = objective.weight_decay_loss(variables, self.config.weight_decay)
             loss = cross_entropy + decay / self.replicas
-        gradients = tape.gradient(loss, variables)
+            scaled_loss = loss * self.loss_scale
+        gradients = tape.gradient(scaled_loss, variables)
+        if self.loss_scale != 1.0:
+            gradients = [g / self.loss_scale for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         correct, counted = objective.pixel_counts(logits, labels)
         return {"loss": loss, "cross_entropy": cross_entropy, "correct": correct,

@@ -100,6 +100,15 @@ def test_run_checkpoint_names_are_the_serving_graph_names(trained_run, tmp_path)
     assert (metadata.backbone, metadata.input_size) == (TINY.backbone, TINY.input_size)
 
 
-def test_half_precision_training_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(ValueError, match="training runs in fp32 only"):
-        Trainer(dataclasses.replace(TINY, precision="fp16"), tiny_train_config(), tmp_path)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_lower_the_loss_with_float32_weights(tmp_path, precision):
+    trainer = Trainer(dataclasses.replace(TINY, precision=precision),
+                      tiny_train_config(learning_rate=0.01), tmp_path / precision,
+                      backbone=TINY_BACKBONE)
+    assert trainer.loss_scale == (1024.0 if precision == "fp16" else 1.0)
+    images, labels = fixed_batch()
+    before = trainer.step(images, labels, 0)["loss"]
+    after = trainer.step(images, labels, 1)["loss"]
+    assert np.isfinite(before) and after < before
+    # The checkpoint holds float32 variables under the serving names: it exports as is.
+    assert {v.dtype for v in trainer.checkpoint_variables.values()} <= {tf.float32, tf.int64}
