@@ -146,31 +146,8 @@ def bench_bare(args: argparse.Namespace, paths: dict[tuple[str, bool], Path]) ->
 
 
 def start_server(path: Path, runtime: str, log: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ATROUS_MODEL": str(path), "ATROUS_RUNTIME": runtime,
-           "ATROUS_HOST": "127.0.0.1", "ATROUS_PORT": str(port), "ATROUS_MAX_QUEUE": "64",
-           "ATROUS_REQUEST_TIMEOUT_S": "600", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env,
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server not ready")
+    return server_bench.launch_server(path, log, {
+        "ATROUS_RUNTIME": runtime, "ATROUS_MAX_QUEUE": "64", "PYTHONPATH": str(REPO)})
 
 
 def bench_servers(args: argparse.Namespace, paths: dict[tuple[str, bool], Path]) -> dict:

@@ -196,16 +196,23 @@ def pool(rounds: list[dict]) -> dict[str, object]:
 
 def start_server(path: Path, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen,
                                                                             str]:
+    return launch_server(path, log, {
+        "ATROUS_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "ATROUS_MAX_BATCH_DELAY_MS": str(args.max_batch_delay_ms),
+        "ATROUS_MAX_QUEUE": str(max(64, 4 * max(args.concurrency)))})
+
+
+def launch_server(path: Path, log: Path,
+                  settings: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``python -m app`` serving ``path`` on a free loopback port, once ready: (process, url)."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "ATROUS_MODEL": str(path), "ATROUS_HOST": "127.0.0.1",
-           "ATROUS_PORT": str(port), "ATROUS_MAX_BATCH_SIZE": str(args.max_batch_size),
-           "ATROUS_MAX_BATCH_DELAY_MS": str(args.max_batch_delay_ms),
-           "ATROUS_MAX_QUEUE": str(max(64, 4 * max(args.concurrency))),
-           "ATROUS_REQUEST_TIMEOUT_S": "600", "TF_CPP_MIN_LOG_LEVEL": "2"}
+           "ATROUS_PORT": str(port), "ATROUS_REQUEST_TIMEOUT_S": "600",
+           "TF_CPP_MIN_LOG_LEVEL": "2", **settings}
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env,
                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
