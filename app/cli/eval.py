@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.cli.options import add_model_options, model_config
+from app.cli.options import add_model_options, add_runtime_options, model_config
 
 
 def _floats(text: str) -> list[float]:
@@ -19,14 +19,15 @@ def _floats(text: str) -> list[float]:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "eval", help="mIoU, per-class IoU and pixel accuracy of a RUN or SavedModel",
-        description="Single scale runs the exported SavedModel through the server's own "
-                    "pipeline; several --scales and/or --flip average probabilities "
-                    "(DeepLab's eval) and need a checkpoint or RUN.")
+        "eval", help="mIoU, per-class IoU and pixel accuracy of a RUN or an export",
+        description="Single scale runs the exported model (any format, through --runtime) "
+                    "with the server's own pipeline; several --scales and/or --flip average "
+                    "probabilities (DeepLab's eval) and need a checkpoint or RUN.")
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--checkpoint", required=True,
                         help="a RUN directory (needs no network flags), a checkpoint "
-                             "(with the network flags) or a SavedModel directory")
+                             "(with the network flags) or an exported model directory "
+                             "(SavedModel, OpenVINO IR or ONNX, fp32 or INT8)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--scales", type=_floats, default=[1.0],
                         help="e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
@@ -38,6 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the RUN's SavedModel is exported (default: the "
                              "server's export cache)")
+    add_runtime_options(parser)
     add_model_options(parser)
     parser.set_defaults(run=run)
 
@@ -48,13 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from model.train import evaluate
 
     multi = len(args.scales) > 1 or args.scales != [1.0] or args.flip
-    saved_model = (Path(args.checkpoint) / "saved_model.pb").is_file()
-    if saved_model:
+    if multi and args.runtime not in ("auto", "tensorflow"):
+        raise ValueError("multi-scale/flip evaluation runs the checkpoint in TensorFlow; "
+                         f"--runtime {args.runtime} applies to single-scale evaluation only")
+    if _is_export(args.checkpoint):
         if multi:
-            raise ValueError("multi-scale/flip evaluation needs the checkpoint (a SavedModel "
+            raise ValueError("multi-scale/flip evaluation needs the checkpoint (an export "
                              "returns labels, not probabilities); pass the RUN directory")
         metadata = ModelMetadata.read(args.checkpoint)
-        segmenter: Any = _runner(args.checkpoint)
+        segmenter: Any = _runner(args.checkpoint, args)
         num_classes = metadata.num_classes
     else:
         config = model_config(args)
@@ -66,24 +70,48 @@ def run(args: argparse.Namespace) -> int:
             from model.export import cached_export
 
             cache = args.cache_dir or Settings.model_fields["cache_dir"].default
-            segmenter = _runner(cached_export(config, cache, checkpoint=args.checkpoint))
+            segmenter = _runner(cached_export(config, cache, checkpoint=args.checkpoint), args)
     result = evaluate.evaluate(segmenter, args.data, args.split, num_classes,
                                batch_size=args.batch_size, save_predictions=args.save_predictions,
                                scales=args.scales, flip=args.flip)
     print(f"{result.images} images of {args.split}, scales {args.scales}"
-          f"{' + flip' if args.flip else ''}")
+          f"{' + flip' if args.flip else ''}, {_described(segmenter)}")
     print(result.confusion.table(list(segmenter.metadata.labels)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(
             dict(result.to_dict(), per_class_iou=result.confusion.to_dict(
-                list(segmenter.metadata.labels))["per_class_iou"]), indent=2) + "\n")
+                list(segmenter.metadata.labels))["per_class_iou"],
+                 model=_described_dict(segmenter)), indent=2) + "\n")
     return 0
 
 
-def _runner(path: str | Path) -> Any:
+def _is_export(path: str | Path) -> bool:
+    """Whether ``path`` is an exported model directory of any format (not a RUN/checkpoint)."""
+    from model.inference.formats import MODEL_FILES
+
+    return any((Path(path) / marker).is_file() for marker in MODEL_FILES.values())
+
+
+def _runner(path: str | Path, args: argparse.Namespace) -> Any:
     from model.inference.runtimes import load_runtime
 
-    return load_runtime(path)
+    return load_runtime(path, args.runtime, threads=args.threads)
+
+
+def _described_dict(segmenter: Any) -> dict[str, str]:
+    """What ran: the export's format and precision, and the runtime (a multi-scale segmenter
+    built in process has no runtime attributes: it is TensorFlow)."""
+    metadata = segmenter.metadata
+    return {"format": getattr(metadata, "format", "savedmodel"),
+            "precision": metadata.precision,
+            "runtime": getattr(segmenter, "runtime", "tensorflow"),
+            "runtime_version": getattr(segmenter, "runtime_version", "")}
+
+
+def _described(segmenter: Any) -> str:
+    d = _described_dict(segmenter)
+    return (f"{d['format']} {d['precision']} on {d['runtime']} {d['runtime_version']}"
+            .rstrip())
 
 

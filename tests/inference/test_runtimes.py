@@ -8,6 +8,7 @@ pixel with the SavedModel (>= 99.9 %), and INT8 nearly so (>= 98 %).
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
 import time
@@ -229,6 +230,34 @@ def test_segment_and_bench_take_a_runtime(exports, reference, tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines()
             if line.startswith("| onnxruntime")]
     assert len(rows) == 2 and "| onnx | fp32 | cifar_resnet_20 | 129 | 2 |" in rows[1]
+
+
+def test_eval_scores_any_export_through_its_runtime(exports, tmp_path, capsys):
+    """``atrous eval --checkpoint`` takes an OpenVINO or ONNX export (fp32 or INT8) like a
+    SavedModel: the same pipeline, the runtime asked for, and that runtime in the report."""
+    voc = tmp_path / "voc"
+    assert main(["data", "synthetic", str(voc), "--train", "1", "--val", "3", "--size", "96",
+                 "--seed", "5"]) == 0
+    masks, reports = {}, {}
+    for export, runtime in [("savedmodel", "tensorflow"), ("onnx", "onnxruntime"),
+                            ("openvino-int8", "openvino")]:
+        out, report = tmp_path / export, tmp_path / f"{export}.json"
+        assert main(["eval", "--data", str(voc), "--checkpoint", str(exports[export]),
+                     "--runtime", runtime, "--save-predictions", str(out),
+                     "--json", str(report)]) == 0
+        assert f"on {runtime} " in capsys.readouterr().out
+        reports[export] = json.loads(report.read_text())
+        masks[export] = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+    assert len(masks["savedmodel"]) == 3
+    assert len(np.unique(np.concatenate([m.ravel() for m in masks["savedmodel"]]))) >= 2
+    assert reports["onnx"]["model"] == {"format": "onnx", "precision": "fp32",
+                                        "runtime": "onnxruntime",
+                                        "runtime_version": reports["onnx"]["model"][
+                                            "runtime_version"]}
+    assert reports["openvino-int8"]["model"]["precision"] == "int8"
+    assert agreement(masks["onnx"], masks["savedmodel"]) >= 0.999
+    assert agreement(masks["openvino-int8"], masks["savedmodel"]) >= 0.98
+    assert reports["onnx"]["miou"] == pytest.approx(reports["savedmodel"]["miou"], abs=0.01)
 
 
 def png(image: Image.Image) -> bytes:
