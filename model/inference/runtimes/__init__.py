@@ -55,9 +55,9 @@ RUNTIMES: dict[str, Runtime] = {
 RUNTIME_CHOICES = (AUTO, *RUNTIMES)
 
 #: Fastest first, per model format, on the CPU (benchmarks/RESULTS.md, "Runtimes": AMD EPYC
-#: Zen 3, AVX2).  At fp32 OpenVINO and TensorFlow tie on a SavedModel (within the noise of
-#: that shared machine), so TensorFlow keeps it: no conversion at start, no extra package.
-#: On an ONNX export ONNX Runtime (its own engine) and OpenVINO tie, at fp32 and INT8.
+#: Zen 3, AVX2).  A SavedModel stays on TensorFlow: OpenVINO would have to convert it at every
+#: start, and its fp32 gain (1.0-1.3x, quiet run) comes with its own export anyway.  On an
+#: ONNX export ONNX Runtime (its own engine) and OpenVINO are within noise of each other.
 CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     formats.SAVEDMODEL: ("tensorflow", "openvino"),
     formats.OPENVINO: ("openvino",),
