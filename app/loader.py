@@ -44,8 +44,10 @@ def resolve_model_dir(settings: Settings) -> Path:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = cached_export(config, settings.cache_dir, checkpoint=settings.checkpoint)
-    for warning in caught:
-        log.warning("export: %s", warning.message)
+    # Once per distinct message: tf-slim's graph building repeats its deprecation notices
+    # once per layer (over a hundred lines for ResNet-101), which buried the one that matters.
+    for message in dict.fromkeys(str(warning.message) for warning in caught):
+        log.warning("export: %s", message)
     return path
 
 

@@ -191,6 +191,10 @@ def test_uvicorn_factory_without_a_model_exports_the_default_and_says_so(
                                                                       "random")
     assert "RANDOMLY INITIALISED" in server.log
     assert "warming up batch sizes 1..2" in server.log
+    exported_warnings = [line.split("export: ", 1)[1] for line in server.log.splitlines()
+                         if "app.loader: export: " in line]
+    assert any("random weights" in line for line in exported_warnings), server.log
+    assert len(exported_warnings) == len(set(exported_warnings)), "a warning logged twice"
     exported = [p for p in cache.iterdir() if (p / "saved_model.pb").exists()]
     assert len(exported) == 1
     assert json.loads((exported[0] / "assets.extra" / "atrous.json").read_text())[
