@@ -12,7 +12,6 @@ from model.config import DEFAULT_BACKBONE, HEADS, OUTPUT_STRIDES, PRECISIONS
 STRATEGIES = ("default", "mirrored", "multi-worker")
 
 
-
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train", help="train or fine-tune a segmenter into a RUN directory",
