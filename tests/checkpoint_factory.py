@@ -130,13 +130,15 @@ def write_checkpoint(
         write_version = (tf.compat.v1.train.SaverDef.V1 if version == "V1"
                          else tf.compat.v1.train.SaverDef.V2)
         saver = tf.compat.v1.train.Saver(to_save, write_version=write_version)
+        # The hand-set values are fed to the initializers, all in one run (``variable.load``
+        # runs the session once per variable: 40 s of executor set-up for ResNet-101).
+        feeds = {}
+        for name, variable in variables.items():
+            value = values(name, variable.shape.as_list()) if values is not None else None
+            if value is not None:
+                feeds[variable.initializer.inputs[1]] = value
         with tf.compat.v1.Session() as session:
-            session.run(tf.compat.v1.global_variables_initializer())
-            if values is not None:
-                for name, variable in variables.items():
-                    value = values(name, variable.shape.as_list())
-                    if value is not None:
-                        variable.load(value, session)
+            session.run(tf.compat.v1.global_variables_initializer(), feed_dict=feeds)
             saver.save(session, str(path), write_meta_graph=False)
     return str(path)
 
