@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from app.batcher import Batcher
 from app.cli.main import main
@@ -27,6 +27,7 @@ from model.inference.contract import ModelMetadata
 from model.inference.pipeline import segment_images
 from model.inference.runtimes import RuntimeUnavailableError, choose_runtime, load_runtime
 from tests import checkpoint_factory
+from tests.images import photo_like
 
 CONFIG = ModelConfig(backbone="cifar_resnet_20", input_size=129)
 
@@ -38,25 +39,6 @@ def routing_values(name: str, shape: list[int]) -> np.ndarray | None:
     if value is not None and name.endswith("conv1/weights") and name.count("/") == 2:
         value = value * 127.5
     return value
-
-
-def photo_like(width: int, height: int, seed: int) -> Image.Image:
-    """A gradient background with noise, and overlapping shapes in saturated and muddy
-    colours: edges at every angle and colours near the routing network's decision lines."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = rng.uniform(0, 120, 3) + rng.uniform(-60, 60, 3) * (x / width)[..., None]
-    base = base + rng.uniform(-60, 60, 3) * (y / height)[..., None]
-    image = Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(8):
-        x0, y0 = int(rng.integers(0, width - 10)), int(rng.integers(0, height - 10))
-        box = (x0, y0, x0 + int(rng.integers(10, width // 2)),
-               y0 + int(rng.integers(10, height // 2)))
-        colour = tuple(int(c) for c in rng.choice([rng.integers(0, 256, 3),
-                                                   np.eye(3, dtype=int)[rng.integers(3)] * 230]))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    return image
 
 
 IMAGES = [photo_like(w, h, seed) for seed, (w, h) in
@@ -128,6 +110,34 @@ def test_fp32_runtimes_give_the_saved_models_labels(exports, reference, runtime,
     assert agreement(single, masks[:2]) == 1.0
 
 
+@pytest.mark.parametrize("export", ["savedmodel", "openvino", "onnx", "openvino-int8"])
+def test_openvino_gives_the_saved_models_probabilities(exports, export):
+    """OpenVINO's probabilities (a softmax it adds over the labels' logits; an ONNX export's
+    NCHW logits come back classes last) match TensorFlow's probabilities signature inside
+    the image, and their argmax is the labels; tiling, scales and confidences use them."""
+    from model.inference.preprocessing import letterbox
+
+    tensorflow = load_runtime(exports["savedmodel"], "tensorflow")
+    segmenter = load_runtime(exports[export], "openvino", warmup_batch_sizes=[1])
+    assert segmenter.has_probabilities
+    boxed = [letterbox(image, 129) for image in IMAGES[:3]]
+    images = np.stack([canvas for canvas, _ in boxed])
+    sizes = np.array([valid for _, valid in boxed], np.int32)
+    got, want = segmenter.probabilities(images, sizes), tensorflow.probabilities(images, sizes)
+    assert got.shape == want.shape == (3, 129, 129, 21) and got.dtype == np.float32
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+    inside = np.zeros(got.shape[:3], bool)
+    for i, (height, width) in enumerate(sizes):
+        inside[i, :height, :width] = True
+    error = np.abs(got - want).max(-1)[inside]
+    if export.endswith("int8"):  # close on the whole, a few pixels moved near class edges
+        assert error.mean() <= 0.01
+    else:
+        assert error.max() <= 1e-4
+    labels = segmenter(images, sizes)
+    assert (got.argmax(-1) == labels)[inside].mean() >= 0.999
+
+
 @pytest.mark.parametrize(("runtime", "export"), [("openvino", "openvino-int8"),
                                                  ("onnxruntime", "onnx-int8")])
 def test_int8_exports_keep_98_percent_of_the_labels(exports, reference, runtime, export):
@@ -144,6 +154,10 @@ def test_auto_takes_the_measured_order_and_logs_it(exports, caplog, monkeypatch)
     assert "runtime auto: openvino for a openvino export on the CPU" in caplog.text
     for format, order in runtimes.CPU_PREFERENCE.items():
         assert choose_runtime(format, gpu=False) == order[0]
+    # The default export on a CPU: OpenVINO (a core dependency), the measured winner.
+    assert choose_runtime(formats.SAVEDMODEL, gpu=False) == "openvino"
+    saved = load_runtime(exports["savedmodel"])
+    assert saved.runtime == "openvino" and saved.has_probabilities
     # A GPU: TensorFlow for a SavedModel (OpenVINO's CPU plugin would leave it idle).
     assert choose_runtime(formats.SAVEDMODEL, gpu=True) == "tensorflow"
 
