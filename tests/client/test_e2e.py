@@ -243,7 +243,7 @@ def test_model_info_health_ready(client: AtrousClient) -> None:
     assert (info.backbone, info.input_size, info.num_classes) == ("cifar_resnet_20", 129, 21)
     assert info.labels[15] == "person"
     assert info.trained is False
-    assert info.runtime == "tensorflow" and info.runtime_version
+    assert info.runtime == "openvino" and info.runtime_version  # the CPU default
     assert client.health() is True
     assert client.ready() is True
     client.wait_until_ready(timeout=5)

@@ -227,7 +227,8 @@ def test_a_model_that_fails_to_load_stops_the_server_with_status_1(server_factor
 
 
 def test_the_request_path_never_imports_tf_slim(tiny_saved_model):
-    """Serving a SavedModel: load, decode, batch, encode -- and tf_slim is never imported."""
+    """Serving a SavedModel: load, decode, batch, encode -- and tf_slim is never imported;
+    nor, on the default CPU runtime (OpenVINO), is TensorFlow."""
     script = f"""
 import asyncio, io, sys
 from PIL import Image
@@ -249,9 +250,11 @@ async def main():
                                              content=buffer.getvalue())
                 assert response.status_code == 200, response.text
 
+    print("runtime:", app.state.service.loaded.segmenter.runtime)
+
 asyncio.run(main())
-assert "tensorflow" in sys.modules
 print("tf_slim imported:", "tf_slim" in sys.modules)
+print("tensorflow imported:", "tensorflow" in sys.modules)
 """
     import subprocess
 
@@ -259,3 +262,5 @@ print("tf_slim imported:", "tf_slim" in sys.modules)
                             timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tf_slim imported: False" in result.stdout
+    assert "runtime: openvino" in result.stdout
+    assert "tensorflow imported: False" in result.stdout
