@@ -1,9 +1,8 @@
 """SavedModel export: parity with the in-process graph in a fresh process that imports
-neither tf_slim nor atrous, batching, metadata, and full-size ResNet-101 masks from a
-hand-set checkpoint whose right answer is known."""
+neither tf_slim nor atrous, batching, metadata and reduced precision (the full-size
+ResNet-101 masks are in tests/inference/test_resnet101.py)."""
 
 import dataclasses
-import io
 import json
 import subprocess
 import sys
@@ -18,11 +17,9 @@ from model import checkpoints, export
 from model.config import ModelConfig
 from model.inference import preprocessing
 from model.inference.contract import METADATA_PATH, ModelMetadata
-from model.inference.imaging import load_image
-from model.inference.pipeline import segment_images
 from model.inference.runtimes.savedmodel import SavedModelRunner
 from model.nets import network
-from tests.checkpoint_factory import color_routing_value, interior, routed_bands, write_checkpoint
+from tests.checkpoint_factory import write_checkpoint
 
 SMALL = ModelConfig(backbone="cifar_resnet_29", input_size=129, num_classes=6, head="aspp")
 
@@ -146,51 +143,7 @@ def test_reduced_precision_export_agrees_with_fp32(small_export, tmp_path, preci
     assert (got == want).mean() > 0.9
 
 
-# --- Full ResNet-101, 513x513, with hand-set weights whose correct mask is known. ------
-
-R101 = ModelConfig()  # resnet_v1_101, OS16, 513, 21 classes: the product's default
-
-
-@pytest.fixture(scope="module")
-def routed_r101(tmp_path_factory):
-    root = tmp_path_factory.mktemp("r101")
-    # The slim layout and the V1 single-file format of the published tarballs.
-    ckpt = write_checkpoint(R101, root / "resnet_v1_101.ckpt", layout="slim", version="V1",
-                            values=color_routing_value)
-    metadata = export.export_saved_model(R101, root / "saved", checkpoint=ckpt)
-    assert metadata.trained
-    return SavedModelRunner(root / "saved")
-
-
-def assert_mask_matches(got: np.ndarray, want: np.ndarray, margin: int) -> None:
-    assert got.shape == want.shape and got.dtype == np.uint8
-    # Away from colour edges (where OS16 logits blur) every pixel must be right.
-    keep = interior(want, margin)
-    np.testing.assert_array_equal(got[keep], want[keep])
-    assert (got == want).mean() > 0.9
-    assert set(np.unique(got)) == set(np.unique(want))
-
-
-@pytest.mark.slow
-def test_resnet101_513_mask_for_non_square_image(routed_r101):
-    image, want = routed_bands(640, 360)
-    [mask] = segment_images(routed_r101, [Image.fromarray(image)])
-    assert_mask_matches(mask, want, margin=2 * 16 * 640 // 513)
-
-
-@pytest.mark.slow
-def test_resnet101_513_mask_for_exif_rotated_jpeg(routed_r101):
-    """The stored pixels are rotated; the mask must follow the displayed orientation."""
-    displayed, want = routed_bands(300, 480)
-    stored = Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90)  # 480 x 300
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
-    buffer = io.BytesIO()
-    stored.save(buffer, "JPEG", quality=95, exif=exif.tobytes())
-    image = load_image(buffer.getvalue(), max_pixels=10**7)
-    assert image.size == (300, 480)
-    [mask] = segment_images(routed_r101, [image])
-    assert_mask_matches(mask, want, margin=2 * 16 * 480 // 513)
+# The full ResNet-101 513 masks (hand-set weights, known answer): tests/inference/test_resnet101.py
 
 
 def test_letterbox_and_restore_geometry():
