@@ -42,6 +42,7 @@ import server_bench  # noqa: E402  (the server half reuses its client and machin
 # (name, runtime, format, int8)
 CONFIGS = [
     ("tensorflow fp32", "tensorflow", "savedmodel", False),
+    ("openvino on savedmodel fp32 (the default)", "openvino", "savedmodel", False),
     ("openvino fp32", "openvino", "openvino", False),
     ("onnxruntime fp32", "onnxruntime", "onnx", False),
     ("openvino on onnx fp32", "openvino", "onnx", False),
@@ -65,6 +66,8 @@ def parse_args() -> argparse.Namespace:
                         help="server requests per round and concurrency level")
     parser.add_argument("--skip-bare", action="store_true")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--fp32-servers-only", action="store_true",
+                        help="only the TensorFlow and the default server (the fp32 A/B)")
     parser.add_argument("--quick", action="store_true", help="1 round, fewer calls (smoke run)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
@@ -153,12 +156,15 @@ def start_server(path: Path, runtime: str, log: Path) -> tuple[subprocess.Popen,
 def bench_servers(args: argparse.Namespace, paths: dict[tuple[str, bool], Path]) -> dict:
     import httpx
 
-    # The TensorFlow-runtime server, then the default runtime (auto) on each export format.
+    # The TensorFlow-runtime server, then the default runtime (auto) on the default export
+    # (the SavedModel) and on each INT8 export.
     servers = [("tensorflow server (SavedModel fp32)", paths[("savedmodel", False)],
                 "tensorflow"),
-               ("default server (OpenVINO fp32 export)", paths[("openvino", False)], "auto"),
+               ("default server (SavedModel fp32)", paths[("savedmodel", False)], "auto"),
                ("default server (ONNX int8 export)", paths[("onnx", True)], "auto"),
                ("default server (OpenVINO int8 export)", paths[("openvino", True)], "auto")]
+    if args.fp32_servers_only:
+        servers = servers[:2]
     logs = Path(tempfile.mkdtemp(prefix="atrous-runtimes-bench-"))
     started = []
     try:
