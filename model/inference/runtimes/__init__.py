@@ -56,9 +56,9 @@ RUNTIME_CHOICES = (AUTO, *RUNTIMES)
 
 #: Fastest first, per model format, on the CPU (benchmarks/RESULTS.md, "Runtimes": AMD EPYC
 #: Zen 3, AVX2).  OpenVINO (a core dependency) serves a SavedModel, converted in memory at
-#: load: ResNet-101 513 fp32 1.26x TensorFlow's speed bare, and its server beats
-#: TensorFlow's at concurrency 1 and 4.  On an ONNX export ONNX Runtime (its own engine) and
-#: OpenVINO are within noise of each other.
+#: load: ResNet-101 513 fp32 1.15x TensorFlow's speed bare, and its server 1.17x / 1.11x the
+#: TensorFlow server's throughput at concurrency 1 / 4 (pooled over four runs).  On an ONNX
+#: export ONNX Runtime (its own engine) and OpenVINO are within noise of each other.
 CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     formats.SAVEDMODEL: ("openvino", "tensorflow"),
     formats.OPENVINO: ("openvino",),
