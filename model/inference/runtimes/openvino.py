@@ -50,11 +50,12 @@ def probabilities_model(model: Any) -> Any | None:
     node = model.output(OUTPUT_LABELS).get_node()
     while node.get_type_name() in _ARGMAX_TAIL:  # input 0 is the data (1 the axes)
         node = node.input_value(0).get_node()
-    if node.get_type_name() not in ("TopK", "ArgMax"):
+    attributes = node.get_attributes()
+    if node.get_type_name() != "TopK" or attributes.get("mode") != "max":
         return None
     logits = node.input_value(0)
     rank = logits.get_partial_shape().rank
-    axis = node.get_attributes().get("axis")
+    axis = attributes.get("axis")
     if not rank.is_static or not isinstance(axis, int):
         return None
     rank, axis = rank.get_length(), axis % rank.get_length()
