@@ -5,6 +5,7 @@
 import base64
 import io
 import json
+import os
 import struct
 import time
 import zlib
@@ -397,14 +398,20 @@ def test_docs_and_openapi(client):
 
 
 def test_openapi_matches_the_snapshot(client):
+    """The public HTTP surface is the committed snapshot.  ``ATROUS_UPDATE_SNAPSHOTS=1``
+    rewrites it (review the diff, commit it); a missing one fails rather than being written,
+    so that CI cannot pass by making its own."""
     snapshot = Path(__file__).parent / "snapshots" / "openapi.json"
     current = client.get("/openapi.json").json()
-    if not snapshot.exists():  # first run writes it; commit it
+    regenerate = ("ATROUS_UPDATE_SNAPSHOTS=1 python -m pytest -n 0 tests/server/test_server.py "
+                  "-k openapi")
+    if os.environ.get("ATROUS_UPDATE_SNAPSHOTS") == "1":
         snapshot.parent.mkdir(exist_ok=True)
         snapshot.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert snapshot.exists(), f"{snapshot} is missing: write it with `{regenerate}`, commit it"
     assert current == json.loads(snapshot.read_text()), (
         "the public HTTP surface changed: update docs/http-api.md, tell the SDK, then "
-        "regenerate tests/server/snapshots/openapi.json")
+        f"regenerate the snapshot with `{regenerate}`")
 
 
 # --- batching through the server ------------------------------------------------------
