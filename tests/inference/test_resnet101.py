@@ -26,7 +26,7 @@ from model.inference.pipeline import segment_images
 from model.inference.preprocessing import letterbox
 from model.inference.runtimes import load_runtime
 from tests.checkpoint_factory import color_routing_value, interior, routed_bands, write_checkpoint
-from tests.images import photo_like
+from tests.images import agreement, photo_like
 
 pytestmark = pytest.mark.slow
 
@@ -100,11 +100,6 @@ def reference(tensorflow) -> list[np.ndarray]:
     assert_mask_matches(masks[-1], BANDS[1], margin=2 * 16 * 600 // 513)
     assert len(np.unique(np.concatenate([m.ravel() for m in masks]))) >= 3
     return masks
-
-
-def agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    same = sum(int((m == r).sum()) for m, r in zip(masks, reference, strict=True))
-    return same / sum(r.size for r in reference)
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])

@@ -27,7 +27,7 @@ from model.inference.contract import ModelMetadata
 from model.inference.pipeline import segment_images
 from model.inference.runtimes import RuntimeUnavailableError, choose_runtime, load_runtime
 from tests import checkpoint_factory
-from tests.images import photo_like
+from tests.images import agreement, photo_like
 
 CONFIG = ModelConfig(backbone="cifar_resnet_20", input_size=129)
 
@@ -80,11 +80,6 @@ def reference(exports) -> list[np.ndarray]:
     # Not a degenerate model: the routed colours give several classes in these images.
     assert len(set(np.unique(np.concatenate([m.ravel() for m in masks])))) >= 3
     return masks
-
-
-def agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    same = sum(int((m == r).sum()) for m, r in zip(masks, reference, strict=True))
-    return same / sum(r.size for r in reference)
 
 
 def test_every_export_has_the_metadata_beside_it(exports):
