@@ -6,7 +6,9 @@ from collections.abc import MutableMapping
 from typing import Any
 
 REQUEST_ID_HEADER = "X-Request-ID"
+MODEL_HEADER = "X-Atrous-Model"
 _SCOPE_KEY = "atrous.request_id"
+_MODEL_KEY = "atrous.model"
 # What we accept from clients: short, printable, no separators that could split a log line.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -26,4 +28,14 @@ def assign_request_id(scope: MutableMapping[str, Any]) -> str:
 
 def request_id_of(scope: MutableMapping[str, Any]) -> str | None:
     value = scope.get(_SCOPE_KEY)
+    return value if isinstance(value, str) else None
+
+
+def set_served_model(scope: MutableMapping[str, Any], label: str) -> None:
+    """Records the ``model/version`` serving this request (sent as ``X-Atrous-Model``)."""
+    scope[_MODEL_KEY] = label
+
+
+def served_model_of(scope: MutableMapping[str, Any]) -> str | None:
+    value = scope.get(_MODEL_KEY)
     return value if isinstance(value, str) else None

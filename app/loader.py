@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from app.settings import Settings
+from model.config import ModelConfig
 from model.inference.contract import Segmenter
 from model.inference.runtimes import load_runtime
 
@@ -34,7 +35,7 @@ def resolve_model_dir(settings: Settings) -> Path:
         return settings.model
     from model.export import cached_export  # start-up only: imports tf-slim
 
-    config = settings.to_model_config()
+    config = model_config_for(settings)
     if settings.checkpoint is None:
         log.warning("=" * 72)
         log.warning("NO MODEL OR CHECKPOINT GIVEN: serving a RANDOMLY INITIALISED %s "
@@ -49,6 +50,33 @@ def resolve_model_dir(settings: Settings) -> Path:
     for message in dict.fromkeys(str(warning.message) for warning in caught):
         log.warning("export: %s", message)
     return path
+
+
+#: What may differ from a training run's record when serving it (not the network's shape).
+SERVING_FIELDS = ("input_size", "precision")
+
+
+def model_config_for(settings: Settings) -> ModelConfig:
+    """The network to export: the one a training RUN (``ATROUS_CHECKPOINT=RUN``) recorded,
+    as ``atrous export`` and ``eval`` build it, else the settings' own.
+
+    With a RUN, ``input_size`` and ``precision`` may still be set to change how it is
+    served; any other model setting given that contradicts the record is an error.
+    """
+    from model.checkpoints import run_config
+
+    recorded = run_config(settings.checkpoint) if settings.checkpoint is not None else None
+    if recorded is None:
+        return settings.to_model_config()
+    given = {name: getattr(settings, name) for name in settings.model_fields_set
+             if hasattr(recorded, name)}
+    conflicts = sorted(name for name, value in given.items()
+                       if name not in SERVING_FIELDS and value != getattr(recorded, name))
+    if conflicts:
+        raise ValueError(f"{settings.checkpoint} is a training run that records its network; "
+                         "unset " + ", ".join(f"ATROUS_{name.upper()}" for name in conflicts))
+    return dataclasses.replace(recorded, **{name: value for name, value in given.items()
+                                            if name in SERVING_FIELDS})
 
 
 def load_segmenter(settings: Settings) -> LoadedModel:

@@ -15,10 +15,12 @@ from fastapi import FastAPI
 
 from app.api import auth
 from app.api.errors import install_error_handlers
-from app.api.routes import health, metrics, model_info, segment
+from app.api.routes import health, metrics, model_info, models, segment
 from app.loader import load_segmenter
+from app.metrics import Metrics
 from app.observability import ObservabilityMiddleware
-from app.service import Loader, Service
+from app.repository.manager import ModelManager
+from app.service import Loader
 from app.settings import Settings, get_settings
 from app.web import routes as web
 
@@ -29,40 +31,44 @@ API_VERSION = "1"
 
 def create_app(settings: Settings | None = None, *, loader: Loader = load_segmenter,
                handle_signals: bool = True) -> FastAPI:
-    """Builds the app; the model loads in the background once the server starts.
+    """Builds the app; the models load in the background once the server starts.
 
     Args:
         settings: validated settings; default ``get_settings()`` (the environment).
-        loader: settings -> warmed model; tests may pass a fake.
+        loader: settings -> warmed model (one version's); tests may pass a fake.
         handle_signals: chain a SIGTERM/SIGINT hook (flip ``/readyz`` to 503) in front
             of the server's own; in-process test clients pass False.
     """
     settings = settings or get_settings()
     _configure_logging()
     auth.log_policy(settings)
-    service = Service(settings, loader, handle_signals=handle_signals)
+    server_metrics = Metrics(settings.max_batch_size)
+    manager = ModelManager(settings, loader, server_metrics, handle_signals=handle_signals)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
+        await manager.start()
         try:
             yield
         finally:
-            await service.stop()
+            await manager.stop()
 
     app = FastAPI(title="atrous", version=API_VERSION, lifespan=lifespan,
                   description="DeepLab-style semantic segmentation. See docs/http-api.md.")
-    app.state.service = service
+    app.state.models = manager
+    app.state.settings = settings
+    app.state.metrics = server_metrics
     app.dependency_overrides[get_settings] = lambda: settings
     # With API keys set, `keyed` holds the dependency that checks them (else nothing).
     keyed = auth.guard(settings)
     app.include_router(segment.router, **keyed)
     app.include_router(model_info.router, **keyed)
+    app.include_router(models.router, **keyed)
     app.include_router(metrics.router, **({} if settings.metrics_public else keyed))
     app.include_router(health.router)
     app.include_router(web.router)  # the page stays open, so that a user can type a key
     install_error_handlers(app)
-    app.add_middleware(ObservabilityMiddleware, metrics=service.metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=server_metrics)
     return app
 
 
@@ -70,7 +76,8 @@ def serve(settings: Settings | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains and returns (exit status 0).
 
     Draining: ``/readyz`` turns 503, the listening socket closes, in-flight requests get
-    ``settings.shutdown_grace_s`` seconds to finish.  Exits 1 if the model failed to load.
+    ``settings.shutdown_grace_s`` seconds to finish.  Exits 1 if the default model failed
+    to load at start.
     """
     import uvicorn
 
@@ -88,8 +95,8 @@ def serve(settings: Settings | None = None) -> None:
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    service: Service = app.state.service
-    if service.failure is not None:
+    manager: ModelManager = app.state.models
+    if manager.failure is not None:
         raise SystemExit(1)
     if not server.started:
         raise SystemExit(3)  # uvicorn's own "startup failed" status

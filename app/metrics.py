@@ -36,3 +36,6 @@ class Metrics:
         self.rejections = Counter("atrous_rejections", "Requests refused or dropped, by reason",
                                   ["reason"], registry=r)
         self.ready = Gauge("atrous_ready", "1 when the model is loaded and warmed", registry=r)
+        self.model_loads = Counter("atrous_model_loads", "Model version loads by model and "
+                                   "outcome: available or failed", ["model", "outcome"],
+                                   registry=r)

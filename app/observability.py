@@ -10,7 +10,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.context import REQUEST_ID_HEADER, assign_request_id
+from app.context import MODEL_HEADER, REQUEST_ID_HEADER, assign_request_id, served_model_of
 from app.metrics import Metrics
 
 
@@ -34,6 +34,9 @@ class ObservabilityMiddleware:
                 headers = MutableHeaders(scope=message)
                 if REQUEST_ID_HEADER not in headers:
                     headers.append(REQUEST_ID_HEADER, request_id)
+                served = served_model_of(scope)
+                if served is not None and MODEL_HEADER not in headers:
+                    headers.append(MODEL_HEADER, served)
             await send(message)
 
         self.metrics.in_flight.inc()

@@ -117,6 +117,19 @@ class Service:
             await self.batcher.stop(timeout=self.settings.shutdown_grace_s)
         self._restore_signal_handlers()
 
+    async def wait_loaded(self) -> None:
+        """Returns once the background load has ended, ready or failed (``phase`` says)."""
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
+    def release(self) -> None:
+        """After ``stop``: closes the runtime and drops the model, so that its memory can
+        be returned (a model version being unloaded while the server goes on)."""
+        loaded, self.loaded, self.batcher = self.loaded, None, None
+        close = getattr(loaded.segmenter, "close", None) if loaded is not None else None
+        if callable(close):
+            close()
+
     def mark_draining(self) -> None:
         if self.phase is not Phase.FAILED:
             self.phase = Phase.DRAINING

@@ -45,7 +45,24 @@ class Settings(BaseSettings):
     model: Path | None = Field(
         None, description="model directory written by `atrous export` (SavedModel, OpenVINO "
         "or ONNX)")
-    checkpoint: Path | None = Field(None, description="checkpoint to export at start")
+    checkpoint: Path | None = Field(
+        None, description="checkpoint or training run to export at start (a run builds the "
+        "network it recorded)")
+    # Several models and versions (docs/models.md): DIR/<name>/<integer version>/.
+    model_repository: Path | None = Field(
+        None, description="model repository: DIR/<name>/<version>/, each version an export or "
+        "a checkpoint (instead of ATROUS_MODEL / ATROUS_CHECKPOINT)")
+    default_model: str | None = Field(
+        None, description="the model /segment and /v1/model serve (the name of the one model "
+        "of ATROUS_MODEL / ATROUS_CHECKPOINT; default `default`)")
+    version_policy: str = Field(
+        "latest:1", description="versions served per model: latest:N, or specific:3,4 (pin, "
+        "roll back)")
+    repository_poll_s: float = Field(
+        0.0, ge=0, description="seconds between repository scans for new versions (0: off)")
+    admin_keys: SecretStr | None = Field(
+        None, description="comma-separated admin keys for POST /v2/repository/models/{name}/"
+        "load|unload (unset: that API is off)")
     # ModelConfig validates these (ATROUS_OUTPUT_STRIDE stays an int, not a Literal of ints:
     # environment values are strings, and pydantic does not coerce "8" to Literal[8]).
     backbone: str = _MODEL["backbone"]
@@ -104,7 +121,9 @@ class Settings(BaseSettings):
 
     _api_keys: tuple[bytes, ...] = PrivateAttr(())
 
-    @field_validator("api_keys", mode="before")
+    _admin_keys: tuple[bytes, ...] = PrivateAttr(())
+
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # `ATROUS_API_KEYS=` (as in deploy/.env.example or an empty k8s Secret) means no keys.
@@ -116,6 +135,24 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if self.model is not None and self.checkpoint is not None:
             raise ValueError("set ATROUS_MODEL or ATROUS_CHECKPOINT, not both")
+        if self.model_repository is not None:
+            if self.model is not None or self.checkpoint is not None:
+                raise ValueError("set ATROUS_MODEL_REPOSITORY or ATROUS_MODEL / "
+                                 "ATROUS_CHECKPOINT, not both")
+            if not self.model_repository.expanduser().is_dir():
+                raise ValueError(f"ATROUS_MODEL_REPOSITORY: {self.model_repository} is not a "
+                                 "directory")
+        from app.repository.layout import check_model_name, parse_version_policy
+
+        try:
+            parse_version_policy(self.version_policy)
+        except ValueError as e:
+            raise ValueError(f"ATROUS_VERSION_POLICY: {e}") from None
+        if self.default_model is not None:
+            try:
+                check_model_name(self.default_model)
+            except ValueError as e:
+                raise ValueError(f"ATROUS_DEFAULT_MODEL: {e}") from None
         format = formats.SAVEDMODEL  # what a checkpoint (or the default) is exported to
         if self.model is not None:
             try:
@@ -138,6 +175,12 @@ class Settings(BaseSettings):
         if self.model is None:
             self.to_model_config()  # unknown backbone, bad output stride or input size: fail now
         self._api_keys = self._read_api_keys()
+        if self.admin_keys is not None:
+            self._admin_keys = tuple(dict.fromkeys(
+                key.encode("ascii") for key in _api_keys_in(
+                    "ATROUS_ADMIN_KEYS", self.admin_keys.get_secret_value().split(","))))
+            if not self._admin_keys:
+                raise ValueError("ATROUS_ADMIN_KEYS holds no key (comma-separated keys expected)")
         if not self.metrics_public and not self._api_keys:
             raise ValueError("ATROUS_METRICS_PUBLIC=false needs API keys "
                              "(ATROUS_API_KEYS or ATROUS_API_KEYS_FILE)")
@@ -167,6 +210,11 @@ class Settings(BaseSettings):
     def accepted_api_keys(self) -> tuple[bytes, ...]:
         """The API keys a request may present (from both settings); empty: no access control."""
         return self._api_keys
+
+    @property
+    def accepted_admin_keys(self) -> tuple[bytes, ...]:
+        """The keys that may load and unload models; empty: the repository API is off."""
+        return self._admin_keys
 
     def to_model_config(self) -> ModelConfig:
         """The network to build when no model directory is given."""

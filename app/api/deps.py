@@ -1,17 +1,66 @@
-"""Typed dependencies for the routes (``Annotated`` aliases)."""
+"""Typed dependencies for the routes (``Annotated`` aliases).
 
+``ServiceDep`` is the service of the model version a request runs on, *leased* for the
+whole request: ``/segment`` and ``/v1/model`` get the default model's newest available
+version, ``/v1/models/{model_name}[/versions/{model_version}]/...`` the one named.  The
+version is chosen once, on arrival, and every tile, scale and flip runs on it even if a
+newer version becomes available meanwhile; the response names it (``X-Atrous-Model``).
+"""
+
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from app.api.errors import ModelNotFoundError
+from app.context import set_served_model
+from app.repository.manager import ModelManager, ModelVersion
 from app.service import Service
 from app.settings import Settings, get_settings
 
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
 
-def get_service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
+
+def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.models
+    return manager
+
+
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+
+
+async def leased_version(request: Request, manager: ManagerDep) -> AsyncIterator[ModelVersion]:
+    """The version this request runs on, held until the request ends."""
+    name = request.path_params.get(MODEL_NAME)
+    number = request.path_params.get(MODEL_VERSION)
+    version = None
+    if number is not None:
+        try:
+            version = int(number)
+        except ValueError:
+            raise ModelNotFoundError(f"{number!r} is not a version number") from None
+    with manager.lease(name, version) as held:
+        set_served_model(request.scope, held.label)
+        yield held
+
+
+VersionDep = Annotated[ModelVersion, Depends(leased_version)]
+
+
+def leased_service(held: VersionDep) -> Service:
+    return held.service
+
+
+def model_path(model_name: Annotated[str, Path(description="a model's name")]) -> None:
+    """Documents the ``{model_name}`` path parameter (``leased_version`` reads it)."""
+
+
+def version_path(model_name: Annotated[str, Path(description="a model's name")],
+                 model_version: Annotated[int, Path(ge=1, description="a version number")]
+                 ) -> None:
+    """Documents ``{model_name}`` and ``{model_version}`` (``leased_version`` reads them)."""
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(leased_service)]

@@ -72,6 +72,19 @@ class NotFoundError(AtrousError):
     status, code, default_message = 404, "not_found", "no such path"
 
 
+class ModelNotFoundError(AtrousError):
+    status, code, default_message = 404, "model_not_found", "no such model or version"
+
+
+class ForbiddenError(AtrousError):
+    status, code = 403, "forbidden"
+    default_message = "this key may not load or unload models"
+
+
+class ConflictError(AtrousError):
+    status, code, default_message = 409, "conflict", "the request conflicts with the server's state"
+
+
 class MethodNotAllowedError(AtrousError):
     status, code, default_message = 405, "method_not_allowed", "method not allowed"
 
@@ -169,8 +182,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(imaging.ImageError)
     @app.exception_handler(batcher.BatcherError)
     async def _lower(request: Request, exc: Exception) -> JSONResponse:
-        service = getattr(request.app.state, "service", None)
-        error = as_http_error(exc, service.settings.retry_after_s if service else None)
+        settings = getattr(request.app.state, "settings", None)
+        error = as_http_error(exc, settings.retry_after_s if settings else None)
         _count_rejection(request, error.code)
         return error_response(error, request_id_of(request.scope))
 
@@ -206,9 +219,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _count_rejection(request: Request, code: str) -> None:
-    service = getattr(request.app.state, "service", None)
-    if service is not None:
-        service.metrics.rejections.labels(reason=code).inc()
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.rejections.labels(reason=code).inc()
 
 
 def _summarise(errors: Any) -> str:

@@ -69,13 +69,16 @@ class Batching(BaseModel):
 class ModelInfo(BaseModel):
     """GET /v1/model."""
 
+    name: str = Field(description="the model's name in the repository")
+    version: int
+    fingerprint: str | None = Field(description="digest of the model's files")
     backbone: str
     output_stride: int
     input_size: int
     num_classes: int
     head: str
     classes: list[ClassInfo]
-    weights: str
+    weights: str = Field(description="the weights' name (a checkpoint's file name, or random)")
     trained: bool
     precision: str = Field(description="fp32, fp16, bf16, or int8 (a quantized export)")
     format: str = Field(description="savedmodel, openvino or onnx")
@@ -84,3 +87,22 @@ class ModelInfo(BaseModel):
                          "or onnxruntime")
     runtime_version: str
     batching: Batching
+
+
+class VersionStatus(BaseModel):
+    version: int
+    state: str = Field(description="loading, available, unloading or failed")
+    fingerprint: str | None = Field(None, description="digest of the version's files")
+    reason: str | None = Field(None, description="why it failed to load")
+
+
+class ModelStatus(BaseModel):
+    name: str
+    default: bool = Field(description="the model /segment and /v1/model serve")
+    versions: list[VersionStatus] = Field(description="newest first")
+
+
+class ModelList(BaseModel):
+    """GET /v1/models."""
+
+    models: list[ModelStatus]

@@ -77,7 +77,7 @@ def test_not_ready_while_loading_then_ready():
                    await client.get("/v1/model")]
         health = await client.get("/healthz")
         release.set()
-        await wait_for(lambda: app.state.service.phase is Phase.READY)
+        await wait_for(lambda: app.state.models.phase is Phase.READY)
         ready = [await client.get("/readyz"), await client.post("/segment", content=png_bytes())]
         return loading, health, ready
 
@@ -99,9 +99,9 @@ def test_draining_turns_readyz_and_segment_to_503():
         return LoadedModel(ConstantSegmenter(), Path("/fake"))
 
     async def body(client, app):
-        await wait_for(lambda: app.state.service.phase is Phase.READY)
+        await wait_for(lambda: app.state.models.phase is Phase.READY)
         before = await client.get("/readyz")
-        app.state.service.mark_draining()  # what the SIGTERM hook does
+        app.state.models.mark_draining()  # what the SIGTERM hook does
         return before, await client.get("/readyz"), await client.post("/segment",
                                                                       content=png_bytes())
 
@@ -120,14 +120,14 @@ def test_a_failed_load_keeps_the_server_not_ready():
         raise ValueError("saved_model.pb is garbage")
 
     async def body(client, app):
-        await wait_for(lambda: app.state.service.phase is Phase.FAILED)
+        await wait_for(lambda: app.state.models.phase is Phase.FAILED)
         return await client.get("/readyz")
 
     app = create_app(settings(), loader=broken, handle_signals=False)
     response = asyncio.run(with_app(app, body))
     assert response.status_code == 503
     assert response.json()["error"]["message"] == "the model failed to load"
-    assert isinstance(app.state.service.failure, ValueError)
+    assert isinstance(app.state.models.failure, ValueError)
 
 
 def test_a_model_error_is_a_500_that_says_nothing_internal(caplog):
@@ -136,7 +136,7 @@ def test_a_model_error_is_a_500_that_says_nothing_internal(caplog):
         return LoadedModel(ConstantSegmenter(error=secret), Path("/fake"))
 
     async def body(client, app):
-        await wait_for(lambda: app.state.service.phase is Phase.READY)
+        await wait_for(lambda: app.state.models.phase is Phase.READY)
         return await client.post("/segment", content=png_bytes(),
                                  headers={"X-Request-ID": "req-500"})
 

@@ -51,7 +51,7 @@ async def with_app(segmenter, body, **overrides):
     app = create_app(settings(**overrides), loader=lambda _: LoadedModel(segmenter, Path("/f")),
                      handle_signals=False)
     async with app.router.lifespan_context(app):
-        await wait_for(lambda: app.state.service.phase is Phase.READY)
+        await wait_for(lambda: app.state.models.phase is Phase.READY)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             return await body(client)

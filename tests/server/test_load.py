@@ -16,6 +16,10 @@ from PIL import Image
 
 from model.inference.contract import ModelMetadata
 
+# The one model of ATROUS_MODEL is version 1 of "default": its series carry these labels
+# (the exposition sorts label names).
+VERSION_LABELS = 'model="default",version="1"'
+
 
 def png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
@@ -50,7 +54,7 @@ def slow_queue_server(server_factory, tiny_saved_model):
 
 def test_a_deadline_passing_in_the_queue_is_504_and_skips_the_model(slow_queue_server):
     url = slow_queue_server.url
-    calls_before = metric(url, "atrous_batch_size_count")
+    calls_before = metric(url, f"atrous_batch_size_count{{{VERSION_LABELS}}}")
     start = time.monotonic()
     response = httpx.post(url + "/segment", content=png(), timeout=10)
     elapsed = time.monotonic() - start
@@ -58,17 +62,18 @@ def test_a_deadline_passing_in_the_queue_is_504_and_skips_the_model(slow_queue_s
     assert response.json()["error"]["code"] == "timeout"
     assert 0.9 < elapsed < 2.5
     time.sleep(2.5)  # past the batch flush: the expired image must not have been run
-    assert metric(url, "atrous_batch_size_count") == calls_before
+    assert metric(url, f"atrous_batch_size_count{{{VERSION_LABELS}}}") == calls_before
 
 
 def test_a_client_that_leaves_is_dropped_before_inference(slow_queue_server):
     url = slow_queue_server.url
-    calls_before = metric(url, "atrous_batch_size_count")
+    calls_before = metric(url, f"atrous_batch_size_count{{{VERSION_LABELS}}}")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/segment", content=png(), timeout=httpx.Timeout(5, read=0.3))
     time.sleep(3.5)  # past the flush
-    assert metric(url, 'atrous_rejections_total{reason="client_gone"}') == 1
-    assert metric(url, "atrous_batch_size_count") == calls_before
+    gone = 'atrous_rejections_total{model="default",reason="client_gone",version="1"}'
+    assert metric(url, gone) == 1
+    assert metric(url, f"atrous_batch_size_count{{{VERSION_LABELS}}}") == calls_before
 
 
 def test_nothing_is_lost_under_overload(server_factory, tiny_saved_model):
@@ -124,7 +129,7 @@ def test_nothing_is_lost_under_overload(server_factory, tiny_saved_model):
     assert statuses.get(503, 0) > 0, f"the queue never filled: {statuses}"
     grown_mib = (rss_kib(pid, "VmRSS") - rss_before) / 1024
     assert grown_mib < 150, f"RSS grew by {grown_mib:.0f} MiB"
-    assert metric(server.url, "atrous_queue_depth") == 0
+    assert metric(server.url, f"atrous_queue_depth{{{VERSION_LABELS}}}") == 0
     assert metric(server.url, "atrous_requests_in_flight") == 1  # the /metrics call itself
     assert server.process.poll() is None
 
@@ -239,7 +244,7 @@ import httpx
 async def main():
     app = create_app(Settings(model={str(tiny_saved_model)!r}), handle_signals=False)
     async with app.router.lifespan_context(app):
-        while app.state.service.phase.value != "ready":
+        while app.state.models.phase.value != "ready":
             await asyncio.sleep(0.05)
         buffer = io.BytesIO()
         Image.new("RGB", (50, 40), (1, 2, 3)).save(buffer, format="JPEG")
@@ -249,8 +254,7 @@ async def main():
                 response = await client.post("/segment", params={{"format": fmt}},
                                              content=buffer.getvalue())
                 assert response.status_code == 200, response.text
-
-    print("runtime:", app.state.service.loaded.segmenter.runtime)
+        print("runtime:", next(app.state.models.versions()).service.loaded.segmenter.runtime)
 
 asyncio.run(main())
 print("tf_slim imported:", "tf_slim" in sys.modules)

@@ -187,7 +187,8 @@ def test_work_over_the_budget_is_a_413_before_any_tile_runs(server, stripes):
 
     def inputs(text: str) -> float:
         lines = [line for line in text.splitlines()
-                 if line.startswith('atrous_model_inputs_total{output="probabilities"}')]
+                 if line.startswith('atrous_model_inputs_total{model="default",'
+                                 'output="probabilities",version="1"}')]
         return float(lines[0].split()[-1]) if lines else 0.0
 
     assert inputs(after) == inputs(before)

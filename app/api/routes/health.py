@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.deps import ServiceDep
+from app.api.deps import ManagerDep
 from app.api.schemas import ErrorEnvelope, Status
 
 router = APIRouter(tags=["health"])
@@ -17,7 +17,8 @@ async def healthz() -> Status:
 @router.get("/readyz", response_model=Status,
             responses={503: {"model": ErrorEnvelope,
                              "description": "loading, warming up or shutting down"}})
-async def readyz(service: ServiceDep) -> Status:
-    """Readiness: 200 once the model is loaded and warmed, 503 before and while draining."""
-    service.require_ready()
+async def readyz(manager: ManagerDep) -> Status:
+    """Readiness: 200 once the default model is loaded and warmed (and through swaps),
+    503 before and while draining."""
+    manager.require_ready()
     return Status(status="ready")

@@ -30,7 +30,7 @@ router = APIRouter(tags=["segmentation"])
 T = TypeVar("T")
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_REQUEST_BODY: dict[str, Any] = {
+REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "description": "the image: a multipart `image` file field, or the raw bytes "
                    "(PNG, JPEG, WebP, GIF, BMP, TIFF; sniffed from the bytes)",
@@ -48,7 +48,7 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorEnvelope, "description": description}
 
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
+RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": Segmentation,
           "description": "the mask: palette PNG (`format=png`), JSON (`format=json`), a "
                          "JPEG overlay (`format=overlay`), probability planes as a numpy .npz "
@@ -72,8 +72,8 @@ class ClientGone(Exception):
     """The client closed the connection while its image waited."""
 
 
-@router.post("/segment", response_class=Response, responses=_RESPONSES,
-             openapi_extra={"requestBody": _REQUEST_BODY})
+@router.post("/segment", response_class=Response, responses=RESPONSES,
+             openapi_extra={"requestBody": REQUEST_BODY})
 async def segment(
     request: Request,
     service: ServiceDep,

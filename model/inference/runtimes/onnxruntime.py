@@ -1,5 +1,6 @@
 """The ONNX Runtime runtime: a ``model.onnx`` export, on the CPU (or CUDA with onnxruntime-gpu)."""
 
+import gc
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,6 +58,11 @@ class OnnxRuntimeRunner:
         sizes = check_batch(images, sizes, self.metadata.input_size)
         (labels,) = self._session.run([OUTPUT_LABELS], {INPUT_IMAGES: images, INPUT_SIZES: sizes})
         return np.asarray(labels, np.uint8)
+
+    def close(self) -> None:
+        """Releases the session and its memory arena."""
+        self._session = None
+        gc.collect()
 
 
 def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,

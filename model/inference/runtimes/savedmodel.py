@@ -5,6 +5,7 @@ letterboxed uint8 batch to uint8 labels.  Only TensorFlow is imported here, neve
 so the request path of the server stays free of it.
 """
 
+import gc
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -115,6 +116,12 @@ class SavedModelRunner:
             INPUT_IMAGES: self._tf.constant(images),
             INPUT_SIZES: self._tf.constant(sizes),
         })
+
+    def close(self) -> None:
+        """Drops the loaded SavedModel (TensorFlow keeps a GPU's memory in its own pool
+        until the process ends: docs/models.md)."""
+        self._loaded = self._signature = self._probabilities = None
+        gc.collect()
 
 
 def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,

@@ -1,0 +1,181 @@
+"""The model repository in-process, with fake models whose masks say which version ran:
+the layout, the version policy, swaps that keep serving, failed and half-written versions,
+leases, per-model URLs and per-version metrics.  (A real uvicorn process swapping real
+models under load: test_hot_swap.py.)"""
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.loader import LoadedModel
+from app.main import create_app
+from app.repository.layout import VersionPolicy, parse_version_policy, scan
+from app.repository.manager import VersionState
+from app.service import Phase
+from app.settings import Settings
+from model.inference.contract import METADATA_PATH
+from tests.server.test_app import METADATA, ConstantSegmenter, png_bytes, wait_for
+
+
+def publish(root: Path, model: str, version: int, label: int, *, corrupt: bool = False,
+            name: str | None = None) -> Path:
+    """Writes a fake version (its mask is all ``label``) under a temporary name, then
+    renames it into place, as a publisher should; ``name`` leaves it under that name."""
+    staging = root / model / f".tmp-{version}"
+    (staging / METADATA_PATH).parent.mkdir(parents=True)
+    (staging / METADATA_PATH).write_text(METADATA.to_json())
+    (staging / "label.json").write_text("{garbage" if corrupt else json.dumps(label))
+    target = root / model / (name or str(version))
+    if name != staging.name:
+        staging.rename(target)
+    return target
+
+
+def fake_loader(settings: Settings) -> LoadedModel:
+    """A version directory -> a segmenter painting its label (a corrupt one raises)."""
+    assert settings.model is not None
+    label = json.loads((settings.model / "label.json").read_text())
+    return LoadedModel(ConstantSegmenter(label=label), settings.model)
+
+
+def mask_value(response: httpx.Response) -> int:
+    assert response.status_code == 200, response.text
+    values = np.unique(np.asarray(Image.open(io.BytesIO(response.content))))
+    assert len(values) == 1, values
+    return int(values[0])
+
+
+def repository_settings(root: Path, **overrides) -> Settings:
+    return Settings(model_repository=root, max_batch_delay_ms=1, retry_after_s=2,
+                    shutdown_grace_s=5, **overrides)
+
+
+async def with_app(app, body):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            await wait_for(lambda: app.state.models.phase is Phase.READY)
+            return await body(client, app.state.models)
+
+
+def test_only_integer_directories_are_versions_and_the_policy_picks(tmp_path):
+    publish(tmp_path, "voc", 1, 1)
+    publish(tmp_path, "voc", 3, 3)
+    publish(tmp_path, "voc", 12, 12)
+    publish(tmp_path, "voc", 4, 4, name=".tmp-4")  # being written: not a version yet
+    (tmp_path / "voc" / "007").mkdir()  # leading zeros: ambiguous, skipped
+    (tmp_path / "voc" / "README").write_text("not a version")
+    (tmp_path / ".hidden").mkdir()
+    found = scan(tmp_path)
+    assert list(found) == ["voc"] and sorted(found["voc"]) == [1, 3, 12]
+    assert parse_version_policy("latest:1").select([1, 3, 12]) == [12]
+    assert parse_version_policy("latest:2").select([1, 3, 12]) == [12, 3]
+    assert parse_version_policy("specific:3,1").select([1, 3, 12]) == [3, 1]
+    assert VersionPolicy(latest=None, specific=(5,)).select([1, 3]) == []
+    for bad in ("latest:0", "newest:2", "specific:", "specific:a"):
+        with pytest.raises(ValueError, match="version policy"):
+            parse_version_policy(bad)
+
+
+def test_settings_refuse_a_repository_beside_a_model_and_a_bad_policy(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not a directory"):
+        Settings(model_repository=tmp_path / "missing")
+    with pytest.raises(ValidationError, match="ATROUS_VERSION_POLICY"):
+        Settings(model_repository=tmp_path, version_policy="latest:-1")
+    with pytest.raises(ValidationError, match="ATROUS_DEFAULT_MODEL"):
+        Settings(default_model="../etc")
+    publish(tmp_path, "a", 1, 1)
+    publish(tmp_path, "b", 1, 2)
+    with pytest.raises(ValueError, match="holds 2 models"):
+        create_app(repository_settings(tmp_path), loader=fake_loader, handle_signals=False)
+
+
+def test_a_new_version_takes_new_requests_while_the_old_one_finishes_its_own(tmp_path):
+    publish(tmp_path, "voc", 1, 1)
+    publish(tmp_path, "person", 1, 15)
+
+    async def body(client, manager):
+        first = await client.post("/segment", content=png_bytes())
+        with manager.lease() as held:  # a request still running on version 1
+            publish(tmp_path, "voc", 2, 2)
+            await manager.sync()
+            during = await client.post("/segment", content=png_bytes())
+            pinned_old = await client.post("/v1/models/voc/versions/1/segment",
+                                           content=png_bytes())
+            ready = await client.get("/readyz")
+            listing = (await client.get("/v1/models")).json()
+            held_state = held.state
+        await wait_for(lambda: 1 not in manager.models["voc"])
+        metrics = (await client.get("/metrics")).text
+        other = await client.post("/v1/models/person/segment", content=png_bytes())
+        pinned = await client.post("/v1/models/voc/versions/2/segment", content=png_bytes())
+        info = (await client.get("/v1/models/voc")).json()
+        return first, during, pinned_old, ready, listing, held_state, metrics, other, pinned, info
+
+    app = create_app(repository_settings(tmp_path, default_model="voc"), loader=fake_loader,
+                     handle_signals=False)
+    (first, during, pinned_old, ready, listing, held_state, metrics, other, pinned,
+     info) = asyncio.run(with_app(app, body))
+    assert mask_value(first) == 1 and first.headers["x-atrous-model"] == "voc/1"
+    assert mask_value(during) == 2 and during.headers["x-atrous-model"] == "voc/2"
+    # Unloading: version 1 finishes what it holds but takes nothing new.
+    assert held_state is VersionState.UNLOADING
+    assert pinned_old.status_code == 404, pinned_old.text
+    assert pinned_old.json()["error"]["code"] == "model_not_found"
+    assert ready.status_code == 200
+    voc = next(m for m in listing["models"] if m["name"] == "voc")
+    assert voc["default"] is True
+    assert [(v["version"], v["state"]) for v in voc["versions"]] == [(2, "available"),
+                                                                    (1, "unloading")]
+    assert 'atrous_ready{model="voc",version="2"} 1.0' in metrics
+    assert 'model="voc",version="1"' not in metrics  # the unloaded version's series: gone
+    assert mask_value(other) == 15 and other.headers["x-atrous-model"] == "person/1"
+    assert mask_value(pinned) == 2 and pinned.headers["x-atrous-model"] == "voc/2"
+    assert (info["name"], info["version"]) == ("voc", 2) and len(info["fingerprint"]) == 16
+    assert str(tmp_path) not in json.dumps(listing) + json.dumps(info)
+
+
+def test_a_corrupt_or_half_written_version_leaves_the_old_one_serving(tmp_path, caplog):
+    publish(tmp_path, "voc", 1, 1)
+
+    async def body(client, manager):
+        publish(tmp_path, "voc", 2, 2, name=".tmp-2")  # not renamed yet
+        await manager.sync()
+        before_rename = await client.post("/segment", content=png_bytes())
+        publish(tmp_path, "voc", 3, 3, corrupt=True)
+        await manager.sync()
+        after_corrupt = await client.post("/segment", content=png_bytes())
+        ready = await client.get("/readyz")
+        listing = (await client.get("/v1/models")).json()
+        failed_pinned = await client.post("/v1/models/voc/versions/3/segment",
+                                          content=png_bytes())
+        unknown = await client.post("/v1/models/coco/segment", content=png_bytes())
+        metrics = (await client.get("/metrics")).text
+        await manager.sync()  # the same broken directory is not retried on every poll
+        again = (await client.get("/metrics")).text
+        return (before_rename, after_corrupt, ready, listing, failed_pinned, unknown,
+                metrics, again)
+
+    app = create_app(repository_settings(tmp_path), loader=fake_loader, handle_signals=False)
+    (before_rename, after_corrupt, ready, listing, failed_pinned, unknown, metrics,
+     again) = asyncio.run(with_app(app, body))
+    assert mask_value(before_rename) == 1
+    assert mask_value(after_corrupt) == 1 and after_corrupt.headers["x-atrous-model"] == "voc/1"
+    assert ready.status_code == 200
+    versions = {v["version"]: v for v in listing["models"][0]["versions"]}
+    assert set(versions) == {1, 3}  # .tmp-2 was never seen
+    assert versions[3]["state"] == "failed" and "JSONDecodeError" in versions[3]["reason"]
+    assert str(tmp_path) not in json.dumps(listing)
+    assert failed_pinned.status_code == 503 and failed_pinned.json()["error"]["code"] == "not_ready"
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    assert 'atrous_model_loads_total{model="voc",outcome="failed"} 1.0' in metrics
+    assert 'atrous_model_loads_total{model="voc",outcome="failed"} 1.0' in again
+    assert any("voc/3: failed to load" in r.getMessage() for r in caplog.records)
