@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from app.api import auth
 from app.api.errors import install_error_handlers
-from app.api.routes import health, metrics, model_info, models, segment
+from app.api.routes import health, metrics, model_info, models, segment, v2
 from app.loader import load_segmenter
 from app.metrics import Metrics
 from app.observability import ObservabilityMiddleware
@@ -64,6 +64,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_segmen
     app.include_router(segment.router, **keyed)
     app.include_router(model_info.router, **keyed)
     app.include_router(models.router, **keyed)
+    app.include_router(v2.router, **keyed)
+    app.include_router(v2.health_router)
+    if settings.accepted_admin_keys:  # off unless configured: the routes do not exist
+        app.include_router(v2.repository_router, **auth.admin_guard())
     app.include_router(metrics.router, **({} if settings.metrics_public else keyed))
     app.include_router(health.router)
     app.include_router(web.router)  # the page stays open, so that a user can type a key

@@ -15,7 +15,7 @@ from fastapi import Depends, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.deps import SettingsDep
-from app.api.errors import UnauthorizedError
+from app.api.errors import ForbiddenError, UnauthorizedError
 from app.api.schemas import ErrorEnvelope
 from app.settings import Settings
 
@@ -59,6 +59,27 @@ async def require_api_key(
         raise UnauthorizedError("the API key is not valid", invalid_token=True)
 
 
+async def require_admin_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> None:
+    """401 without a key, 403 with a key that is not an admin key (``ATROUS_ADMIN_KEYS``)."""
+    if credentials is None:
+        raise UnauthorizedError("this route needs an admin key: send `Authorization: Bearer "
+                                "<key>`")
+    if not key_matches(credentials.credentials, settings.accepted_admin_keys):
+        if key_matches(credentials.credentials, settings.accepted_api_keys):
+            raise ForbiddenError()
+        raise UnauthorizedError("the key is not valid", invalid_token=True)
+
+
+def admin_guard() -> dict[str, Any]:
+    """``include_router`` arguments for the model repository API (admin keys only)."""
+    return {"dependencies": [Depends(require_admin_key)],
+            "responses": {**RESPONSES, 403: {"model": ErrorEnvelope,
+                                             "description": "not an admin key"}}}
+
+
 def guard(settings: Settings) -> dict[str, Any]:
     """``include_router`` arguments that key a router: the dependency and the documented
     401, or nothing when the server has no keys."""
@@ -69,10 +90,12 @@ def guard(settings: Settings) -> dict[str, Any]:
 
 def log_policy(settings: Settings) -> None:
     """Says once, at start, who may call the API."""
+    if settings.accepted_admin_keys:
+        log.info("model repository API on: POST /v2/repository/... needs an admin key")
     keys = settings.accepted_api_keys
     if not keys:
         log.info("no API keys set (ATROUS_API_KEYS, ATROUS_API_KEYS_FILE): every route is open")
         return
-    keyed = "/segment, /v1/model" + ("" if settings.metrics_public else ", /metrics")
+    keyed = "/segment, /v1/model(s), /v2" + ("" if settings.metrics_public else ", /metrics")
     log.info("%d API key%s set: %s need Authorization: Bearer <key>", len(keys),
              "" if len(keys) == 1 else "s", keyed)

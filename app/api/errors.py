@@ -163,12 +163,23 @@ def envelope(code: str, message: str, request_id: str | None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}, "request_id": request_id}
 
 
-def error_response(error: AtrousError, request_id: str | None) -> JSONResponse:
+#: Paths of the Open Inference Protocol: their errors take its shape, ``{"error": "..."}``.
+PROTOCOL_V2_PREFIX = "/v2"
+
+
+def speaks_protocol_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == PROTOCOL_V2_PREFIX or path.startswith(PROTOCOL_V2_PREFIX + "/")
+
+
+def error_response(error: AtrousError, request_id: str | None, *,
+                   protocol_v2: bool = False) -> JSONResponse:
     headers = error.headers()
     if request_id:
         headers[REQUEST_ID_HEADER] = request_id
-    return JSONResponse(envelope(error.code, error.message, request_id),
-                        status_code=error.status, headers=headers)
+    body = ({"error": error.message} if protocol_v2
+            else envelope(error.code, error.message, request_id))
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -177,7 +188,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AtrousError)
     async def _domain(request: Request, exc: AtrousError) -> JSONResponse:
         _count_rejection(request, exc.code)
-        return error_response(exc, request_id_of(request.scope))
+        return error_response(exc, request_id_of(request.scope),
+                              protocol_v2=speaks_protocol_v2(request))
 
     @app.exception_handler(imaging.ImageError)
     @app.exception_handler(batcher.BatcherError)
@@ -185,13 +197,15 @@ def install_error_handlers(app: FastAPI) -> None:
         settings = getattr(request.app.state, "settings", None)
         error = as_http_error(exc, settings.retry_after_s if settings else None)
         _count_rejection(request, error.code)
-        return error_response(error, request_id_of(request.scope))
+        return error_response(error, request_id_of(request.scope),
+                              protocol_v2=speaks_protocol_v2(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = ValidationError(_summarise(exc.errors()))
         _count_rejection(request, error.code)
-        return error_response(error, request_id_of(request.scope))
+        return error_response(error, request_id_of(request.scope),
+                              protocol_v2=speaks_protocol_v2(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -205,7 +219,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(envelope("http_error", str(exc.detail), request_id),
                                 status_code=exc.status_code,
                                 headers={REQUEST_ID_HEADER: request_id or ""})
-        response = error_response(error, request_id_of(request.scope))
+        response = error_response(error, request_id_of(request.scope),
+                                  protocol_v2=speaks_protocol_v2(request))
         if exc.headers:
             response.headers.update(exc.headers)
         return response
@@ -215,7 +230,8 @@ def install_error_handlers(app: FastAPI) -> None:
         request_id = request_id_of(request.scope)
         log.error("unhandled error in %s %s (request %s)", request.method, request.url.path,
                   request_id, exc_info=exc)
-        return error_response(InternalError(), request_id)
+        return error_response(InternalError(), request_id,
+                              protocol_v2=speaks_protocol_v2(request))
 
 
 def _count_rejection(request: Request, code: str) -> None:

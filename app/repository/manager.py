@@ -325,7 +325,8 @@ class ModelManager:
 
     async def load_model(self, name: str) -> ModelVersion:
         """The repository API's load: (re)reads ``name`` from disk and loads what its policy
-        wants, retrying failed versions; the model's serving version, or the error."""
+        wants, retrying failed versions; the model's serving version, or ``ModelLoadError``
+        if a wanted version failed (the version serving before goes on serving)."""
         if self.settings.model_repository is None and name != self.default_model:
             raise ModelNotFoundError(f"no model named {name!r}")
         if self.settings.model_repository is not None and not (
@@ -333,12 +334,14 @@ class ModelManager:
             raise ModelNotFoundError(f"no model named {name!r} in the repository")
         self._held_out.discard(name)
         await self.sync(name, retry_failed=True)
+        failed = [v for v in self.models.get(name, {}).values()
+                  if v.state is VersionState.FAILED]
         serving = self._serving(name)
-        if serving is None:
-            reasons = "; ".join(f"{v.label}: {v.reason}" for v in
-                                self.models.get(name, {}).values() if v.reason)
-            raise ModelLoadError(f"model {name} failed to load" + (f" ({reasons})"
-                                                                   if reasons else ""))
+        if failed or serving is None:
+            reasons = "; ".join(f"{v.label}: {v.reason}" for v in failed)
+            kept = f"; {serving.label} keeps serving" if serving is not None else ""
+            raise ModelLoadError(f"model {name} failed to load"
+                                 + (f" ({reasons})" if reasons else "") + kept)
         return serving
 
     async def unload_model(self, name: str) -> None:

@@ -168,7 +168,8 @@ def test_the_policy_is_logged_once_at_start(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "app.api.auth"]
     assert messages == [
         "no API keys set (ATROUS_API_KEYS, ATROUS_API_KEYS_FILE): every route is open",
-        "2 API keys set: /segment, /v1/model, /metrics need Authorization: Bearer <key>"]
+        "2 API keys set: /segment, /v1/model(s), /v2, /metrics need Authorization: Bearer "
+        "<key>"]
     assert not any(key in caplog.text for key in KEYS)
 
 

@@ -99,7 +99,7 @@ async def segment(
     batcher = service.require_ready()
     batcher.check_capacity()  # under overload, refuse before reading and decoding
     metadata = service.metadata
-    options = _options(metadata, tiling, scales, flip, classes, settings.tile_max_side)
+    options = inference_options(metadata, tiling, scales, flip, classes, settings.tile_max_side)
     grouped = needs_group(options, output)
     if grouped and probabilities_of(service.loaded.segmenter if service.loaded else None) is None:
         if output is not OutputFormat.json or not options.single_pass:
@@ -135,7 +135,7 @@ async def segment(
     return _response(service, body, output, stages, {})
 
 
-def _options(metadata: ModelMetadata, tiling: Tiling, scales: str | None, flip: bool,
+def inference_options(metadata: ModelMetadata, tiling: Tiling, scales: str | None, flip: bool,
              classes: str | None, tile_max_side: int) -> InferenceOptions:
     """The query's options, each bad value a 422 naming it."""
     try:
