@@ -179,3 +179,62 @@ def test_a_corrupt_or_half_written_version_leaves_the_old_one_serving(tmp_path, 
     assert 'atrous_model_loads_total{model="voc",outcome="failed"} 1.0' in metrics
     assert 'atrous_model_loads_total{model="voc",outcome="failed"} 1.0' in again
     assert any("voc/3: failed to load" in r.getMessage() for r in caplog.records)
+
+
+def test_the_repository_api_needs_an_admin_key_and_keeps_the_default_model(tmp_path):
+    publish(tmp_path, "voc", 1, 1)
+    publish(tmp_path, "person", 1, 15)
+    admin = {"Authorization": "Bearer admin-key"}
+
+    async def body(client, manager):
+        answers = {
+            "no key": await client.post("/v2/repository/models/person/unload"),
+            "api key": await client.post("/v2/repository/models/person/unload",
+                                         headers={"Authorization": "Bearer user-key"}),
+            "default": await client.post("/v2/repository/models/voc/unload", headers=admin),
+            "unknown": await client.post("/v2/repository/models/coco/load", headers=admin),
+            "unload": await client.post("/v2/repository/models/person/unload", headers=admin),
+        }
+        await manager.sync()  # as a poll would: an unloaded model stays unloaded
+        answers["after"] = await client.post("/v1/models/person/segment", content=png_bytes(),
+                                             headers={"Authorization": "Bearer user-key"})
+        answers["load"] = await client.post("/v2/repository/models/person/load", headers=admin)
+        answers["index"] = await client.post("/v2/repository/index", headers=admin)
+        answers["again"] = await client.post("/v1/models/person/segment", content=png_bytes(),
+                                             headers={"Authorization": "Bearer user-key"})
+        return answers
+
+    app = create_app(repository_settings(tmp_path, default_model="voc", api_keys="user-key",
+                                         admin_keys="admin-key"),
+                     loader=fake_loader, handle_signals=False)
+    answers = asyncio.run(with_app(app, body))
+    assert answers["no key"].status_code == 401
+    assert answers["api key"].status_code == 403
+    assert answers["api key"].json() == {"error": "this key may not load or unload models"}
+    assert answers["default"].status_code == 409
+    assert answers["unknown"].status_code == 404
+    assert answers["unload"].status_code == 200
+    assert answers["after"].status_code == 404, answers["after"].text
+    assert answers["load"].status_code == 200
+    assert {(e["name"], e["version"], e["state"]) for e in answers["index"].json()} == {
+        ("voc", "1", "READY"), ("person", "1", "READY")}
+    assert mask_value(answers["again"]) == 15
+
+
+def test_a_training_run_is_served_as_the_network_it_recorded(tmp_path):
+    from app.loader import model_config_for
+    from model.checkpoints import RUN_CONFIG_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RUN_CONFIG_FILE).write_text(json.dumps({"model": {
+        "backbone": "cifar_resnet_20", "output_stride": 8, "num_classes": 5, "input_size": 65}}))
+    base = Settings(model=None)
+    served = model_config_for(base.model_copy(update={"checkpoint": run}))
+    assert (served.backbone, served.output_stride, served.num_classes, served.input_size) == (
+        "cifar_resnet_20", 8, 5, 65)
+    resized = Settings(input_size=129).model_copy(update={"checkpoint": run})
+    assert model_config_for(resized).input_size == 129  # how it is served may change
+    contradicting = Settings(backbone="resnet_v1_50").model_copy(update={"checkpoint": run})
+    with pytest.raises(ValueError, match="ATROUS_BACKBONE"):
+        model_config_for(contradicting)
