@@ -42,9 +42,11 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def runner(tiny_saved_model):
-    from model.inference.runtimes.savedmodel import SavedModelRunner
+    """The bare model as the server runs it: the same runtime and inference precision (the
+    runtimes' parity with TensorFlow is tests/inference's)."""
+    from model.inference.runtimes import load_runtime
 
-    return SavedModelRunner(tiny_saved_model)
+    return load_runtime(tiny_saved_model)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
