@@ -28,6 +28,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--url", help="a running atrous server (uses the SDK)")
     parser.add_argument("--api-key", help="for --url: the server's API key "
                         "[default: $ATROUS_API_KEY]")
+    parser.add_argument("--model-name", help="for --url: the model to use on a server with "
+                        "several (`GET /v1/models`) [default: the server's default model]")
+    parser.add_argument("--model-version", type=int,
+                        help="for --url with --model-name: that version [default: the newest]")
     parser.add_argument("-o", "--out", required=True, type=Path)
     parser.add_argument("--format", default="png",
                         choices=("png", "overlay", "probabilities", "confidence"),
@@ -47,8 +51,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.api_key and not args.url:
-        print("atrous segment: --api-key goes with --url", file=sys.stderr)
+    for given, flag in ((args.api_key, "--api-key"), (args.model_name, "--model-name"),
+                        (args.model_version, "--model-version")):
+        if given is not None and not args.url:
+            print(f"atrous segment: {flag} goes with --url", file=sys.stderr)
+            return 2
+    if args.model_version is not None and args.model_name is None:
+        print("atrous segment: --model-version goes with --model-name", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -124,7 +133,9 @@ def _remote_segmenter(args: argparse.Namespace, stack: contextlib.ExitStack) -> 
 
     url = args.url
     # api_key None: the SDK reads $ATROUS_API_KEY.
-    client = stack.enter_context(AtrousClient(base_url=url, api_key=args.api_key))
+    client = stack.enter_context(AtrousClient(base_url=url, api_key=args.api_key,
+                                              model=args.model_name,
+                                              version=args.model_version))
     try:
         client.model_info()  # a refused key fails once here, not once per image
     except AuthenticationError as e:

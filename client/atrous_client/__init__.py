@@ -12,6 +12,10 @@
                              classes=["person"])
         big.probability("person")  # float32 [H, W] in [0, 1]
 
+    client.list_models()       # a server with several models: names, versions, states
+    with AtrousClient("http://127.0.0.1:8000", model="voc", version=3) as voc3:
+        voc3.segment("cat.jpg").model  # "voc/3"
+
 ``AsyncAtrousClient`` has the same methods as coroutines.  Errors are described in
 ``atrous_client._exceptions``.
 """
@@ -33,7 +37,16 @@ from ._exceptions import (
     UnsupportedMediaTypeError,
 )
 from ._images import VOC_PALETTE, ImageInput
-from ._types import ClassInfo, Format, ModelClass, ModelInfo, Segmentation, Tiling
+from ._types import (
+    ClassInfo,
+    Format,
+    ModelClass,
+    ModelInfo,
+    ModelStatus,
+    ModelVersion,
+    Segmentation,
+    Tiling,
+)
 from ._version import __version__
 
 __all__ = [
@@ -49,6 +62,8 @@ __all__ = [
     "ClassInfo",
     "ModelInfo",
     "ModelClass",
+    "ModelStatus",
+    "ModelVersion",
     "ImageInput",
     "Format",
     "Tiling",

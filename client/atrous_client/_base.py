@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -30,6 +31,7 @@ from ._images import ImageInput, decode_mask, encode_input
 from ._types import (
     Format,
     ModelInfo,
+    ModelStatus,
     Segmentation,
     Tiling,
     classes_from_json,
@@ -72,7 +74,10 @@ class BaseClient(Generic[_HttpxClientT]):
     max_retries: int
 
     def __init__(self, *, base_url: str | httpx.URL | None, timeout: float | httpx.Timeout,
-                 max_retries: int, api_key: str | None = None) -> None:
+                 max_retries: int, api_key: str | None = None, model: str | None = None,
+                 version: int | None = None) -> None:
+        if version is not None and model is None:
+            raise ValueError("version= needs model=")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         # An explicit argument beats the environment, which beats the local default.
@@ -86,6 +91,9 @@ class BaseClient(Generic[_HttpxClientT]):
         self._api_key = check_api_key(api_key if api_key is not None
                                       else os.environ.get(ENV_API_KEY))
         self._model_info: ModelInfo | None = None
+        # The model (and version) every call goes to; None: the server's default model.
+        self.model = model
+        self.version = version
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={str(self.base_url)!r})"
@@ -110,6 +118,24 @@ class BaseClient(Generic[_HttpxClientT]):
         return self._client.build_request(
             method, path, content=content, params=params, headers=all_headers,
             timeout=timeout if timeout is not None else self.timeout)
+
+    def _path(self, leaf: str) -> str:
+        """``/segment`` or ``/v1/model`` on the default model, else the model's (version's)
+        own URL: ``/v1/models/{model}[/versions/{version}]`` (+ ``/segment``)."""
+        if self.model is None:
+            return "/segment" if leaf == "segment" else "/v1/model"
+        path = "/v1/models/" + quote(self.model, safe="")
+        if self.version is not None:
+            path += f"/versions/{int(self.version)}"
+        return path + "/segment" if leaf == "segment" else path
+
+    @staticmethod
+    def _models_from(response: httpx.Response) -> list[ModelStatus]:
+        try:
+            return [ModelStatus.from_json(m) for m in BaseClient._json(response)["models"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise AtrousError(f"unexpected /v1/models JSON: {e!r}",
+                              request_id=response.headers.get("X-Request-ID")) from None
 
     @staticmethod
     def _segment_parts(image: ImageInput, format: str,
@@ -209,7 +235,8 @@ class BaseClient(Generic[_HttpxClientT]):
                                   f"says {size[1]}×{size[0]}", request_id=request_id,
                                   status_code=response.status_code)
         return Segmentation(mask=mask, labels=labels, classes=classes, request_id=request_id,
-                            timings=timings, planes=planes, class_ids=class_ids)
+                            timings=timings, planes=planes, class_ids=class_ids,
+                            model=response.headers.get("X-Atrous-Model"))
 
     def _model_info_from(self, response: httpx.Response) -> ModelInfo:
         try:

@@ -28,7 +28,7 @@ from ._base import (
 from ._exceptions import APIConnectionError, APITimeoutError
 from ._images import ImageInput
 from ._progress import progress_bar
-from ._types import Format, ModelInfo, Segmentation, Tiling
+from ._types import Format, ModelInfo, ModelStatus, Segmentation, Tiling
 
 log = logging.getLogger("atrous_client")
 
@@ -49,6 +49,9 @@ class AtrousClient(BaseClient[httpx.Client]):
         headers: extra headers sent with every request.
         api_key: sent as ``Authorization: Bearer <key>`` to a server with API keys;
             None (the default) reads ``$ATROUS_API_KEY``; ``""`` sends no key.
+        model: the model to use on a server with several (``list_models()``); None: the
+            server's default model.
+        version: that model's version to use; None: its newest available one.
     """
 
     def __init__(self, base_url: str | httpx.URL | None = None, *,
@@ -56,9 +59,10 @@ class AtrousClient(BaseClient[httpx.Client]):
                  max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.BaseTransport | None = None,
                  headers: Mapping[str, str] | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, model: str | None = None,
+                 version: int | None = None) -> None:
         super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries,
-                         api_key=api_key)
+                         api_key=api_key, model=model, version=version)
         self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout,
                                     transport=transport,
                                     headers={**self._default_headers(), **(headers or {})})
@@ -104,7 +108,7 @@ class AtrousClient(BaseClient[httpx.Client]):
         options = segment_options(tiling, scales, flip, classes)
         body, headers, params = self._segment_parts(image, format, options)
         labels = self._labels()
-        response = self._request("POST", "/segment", content=body, headers=headers,
+        response = self._request("POST", self._path("segment"), content=body, headers=headers,
                                  params=params)
         return self._segmentation(response, format, labels)
 
@@ -150,7 +154,11 @@ class AtrousClient(BaseClient[httpx.Client]):
 
     def model_info(self) -> ModelInfo:
         """``GET /v1/model``: backbone, classes, batching, ... (also refreshes the label cache)."""
-        return self._model_info_from(self._request("GET", "/v1/model"))
+        return self._model_info_from(self._request("GET", self._path("info")))
+
+    def list_models(self) -> list[ModelStatus]:
+        """``GET /v1/models``: every model the server has, its versions and their states."""
+        return self._models_from(self._request("GET", "/v1/models"))
 
     def health(self) -> bool:
         """Whether the server process answers ``/healthz`` with 200 (no retries).
@@ -245,9 +253,10 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
                  max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.AsyncBaseTransport | None = None,
                  headers: Mapping[str, str] | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, model: str | None = None,
+                 version: int | None = None) -> None:
         super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries,
-                         api_key=api_key)
+                         api_key=api_key, model=model, version=version)
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout,
                                          transport=transport,
                                          headers={**self._default_headers(), **(headers or {})})
@@ -274,8 +283,8 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
         body, headers, params = await asyncio.to_thread(self._segment_parts, image, format,
                                                         options)
         labels = await self._labels()
-        response = await self._request("POST", "/segment", content=body, headers=headers,
-                                       params=params)
+        response = await self._request("POST", self._path("segment"), content=body,
+                                       headers=headers, params=params)
         return await asyncio.to_thread(self._segmentation, response, format, labels)
 
     async def segment_many(self, images: Iterable[ImageInput], *, format: Format = "png",
@@ -307,7 +316,11 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
 
     async def model_info(self) -> ModelInfo:
         """``GET /v1/model``; see ``AtrousClient.model_info``."""
-        return self._model_info_from(await self._request("GET", "/v1/model"))
+        return self._model_info_from(await self._request("GET", self._path("info")))
+
+    async def list_models(self) -> list[ModelStatus]:
+        """``GET /v1/models``; see ``AtrousClient.list_models``."""
+        return self._models_from(await self._request("GET", "/v1/models"))
 
     async def health(self) -> bool:
         """Whether ``/healthz`` answers 200; see ``AtrousClient.health``."""

@@ -70,6 +70,9 @@ class ModelInfo:
     inference_precision_reason: str | None = None
     batching: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    name: str | None = None  # the model's name in the server's repository
+    version: int | None = None
+    fingerprint: str | None = None  # a digest of the model's files
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -102,7 +105,36 @@ class ModelInfo:
             inference_precision_reason=data.get("inference_precision_reason"),
             batching=dict(data.get("batching") or {}),
             raw=dict(data),
+            name=data.get("name"),
+            version=data.get("version"),
+            fingerprint=data.get("fingerprint"),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersion:
+    """One version of a served model (``list_models``)."""
+
+    version: int
+    state: str  # loading, available, unloading or failed
+    fingerprint: str | None = None
+    reason: str | None = None  # why it failed
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStatus:
+    """A model the server has, and its versions, newest first (``list_models``)."""
+
+    name: str
+    default: bool
+    versions: tuple[ModelVersion, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelStatus:
+        return cls(name=str(data["name"]), default=bool(data["default"]), versions=tuple(
+            ModelVersion(version=int(v["version"]), state=str(v["state"]),
+                         fingerprint=v.get("fingerprint"), reason=v.get("reason"))
+            for v in data["versions"]))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -126,6 +158,8 @@ class Segmentation:
     """``format="probabilities"`` only: uint8 [K, height, width], ``round(255 p)``."""
     class_ids: tuple[int, ...] = ()
     """The class id of each plane (background first)."""
+    model: str | None = None
+    """The ``name/version`` that made it (the server's ``X-Atrous-Model``)."""
 
     def __post_init__(self) -> None:
         # Frozen means frozen: the mask may be shared, so nobody edits it in place by accident.

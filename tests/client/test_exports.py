@@ -28,6 +28,8 @@ PUBLIC_NAMES = [
     "InternalServerError",
     "ModelClass",
     "ModelInfo",
+    "ModelStatus",
+    "ModelVersion",
     "PayloadTooLargeError",
     "Segmentation",
     "ServiceUnavailableError",
