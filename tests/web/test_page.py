@@ -432,3 +432,32 @@ def test_model_card_options_and_failures_from_other_server_states(page, files, s
         page.find_element(By.ID, "run").click()
         wait_for(page, lambda d, s=shown: visible(d, "error") and all(
             t in d.find_element(By.ID, "error").text for t in s), f"the message for {response}")
+
+
+def test_a_server_with_several_models_offers_a_picker(browser, files, server_factory,
+                                                      painted_saved_model, tiny_saved_model,
+                                                      tmp_path):
+    """The painted model is the default; picking the tiny one sends the image to it."""
+    repository = tmp_path / "repository"
+    for name, model in (("painted", painted_saved_model), ("tiny", tiny_saved_model)):
+        (repository / name).mkdir(parents=True)
+        (repository / name / "1").symlink_to(model, target_is_directory=True)
+    server = server_factory({"ATROUS_MODEL_REPOSITORY": str(repository),
+                             "ATROUS_DEFAULT_MODEL": "painted", "ATROUS_MAX_BATCH_SIZE": "1"})
+    browser.set_window_size(*DESKTOP)
+    browser.get(server.url + "/")
+    wait_for(browser, lambda d: visible(d, "model-picker-row"), "the model picker")
+    picker = Select(browser.find_element(By.ID, "model-picker"))
+    assert [o.text for o in picker.options] == ["painted (version 1) — default",
+                                               "tiny (version 1)"]
+    assert picker.first_selected_option.get_attribute("value") == "painted"
+    assert "painted, version 1" in browser.find_element(By.ID, "model-card").text
+
+    picker.select_by_value("tiny")
+    wait_for(browser, lambda d: "tiny, version 1" in d.find_element(By.ID, "model-card").text,
+             "the tiny model's card")
+    upload(browser, files["bands"])
+    wait_for_result(browser)
+    calls = httpx.get(server.url + "/metrics").text
+    assert 'atrous_batch_size_count{model="tiny",version="1"} 1.0' in calls
+    assert 'atrous_batch_size_count{model="painted",version="1"} 0.0' in calls

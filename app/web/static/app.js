@@ -7,7 +7,8 @@ const KEY_STORAGE = "atrous.apiKey";
 const MAX_CANVAS_SIDE = 2048; // display only: bigger images are drawn scaled down
 
 const state = {
-  model: null, // GET /v1/model body, once known
+  model: null, // GET /v1/model (or /v1/models/{name}) body, once known
+  modelName: null, // the model picked when the server has several; null: its default
   picked: null, // the latest image chosen: {file, bitmap} (bitmap null: not displayable here)
   shown: null, // what the result on screen was computed from: {file, bitmap}
   mask: null, // HTMLImageElement of the shown mask PNG, or null (overlay format)
@@ -126,6 +127,7 @@ function setStatus(text) {
 // --------------------------------------------------------------------------- model card
 
 const CARD_FIELDS = [
+  ["Model", (m) => m.name && `${m.name}, version ${m.version}`],
   ["Backbone", (m) => m.backbone],
   ["Output stride", (m) => m.output_stride],
   ["Input size", (m) => `${m.input_size} × ${m.input_size}`],
@@ -140,9 +142,36 @@ const CARD_FIELDS = [
   ["Trained", (m) => (m.trained ? "yes" : "no")],
 ];
 
+// The picked model's URLs (relative); the server's default model without a pick.
+function modelPath(leaf) {
+  if (state.modelName === null) return leaf === "segment" ? "segment" : "v1/model";
+  const base = `v1/models/${encodeURIComponent(state.modelName)}`;
+  return leaf === "segment" ? `${base}/segment` : base;
+}
+
+// Offers a choice when GET /v1/models lists more than one model with an available version.
+async function loadModelList() {
+  let models;
+  try {
+    models = (await (await call("v1/models")).json()).models;
+  } catch {
+    return; // an older server, or no key yet: the default model is all there is
+  }
+  const usable = models.filter((m) => m.versions.some((v) => v.state === "available"));
+  const picker = $("model-picker");
+  if (usable.length < 2 || picker.options.length) return;
+  for (const model of usable) {
+    const newest = model.versions.find((v) => v.state === "available");
+    const option = new Option(`${model.name} (version ${newest.version})` +
+      (model.default ? " — default" : ""), model.name, model.default, model.default);
+    picker.add(option);
+  }
+  $("model-picker-row").hidden = false;
+}
+
 async function loadModel() {
   try {
-    const response = await call("v1/model");
+    const response = await call(modelPath("info"));
     state.model = await response.json();
   } catch (error) {
     if (error.status === 503) {
@@ -171,6 +200,7 @@ async function loadModel() {
   }
   card.hidden = false;
   $("model-status").hidden = true;
+  loadModelList();
   const banner = $("untrained");
   banner.hidden = state.model.trained;
   banner.textContent = state.model.trained ? "" : `Untrained weights (${state.model.weights}): ` +
@@ -482,7 +512,8 @@ async function segment() {
   let result = null;
   let failure = null;
   try {
-    const response = await call(`segment?${queryString()}`, { method: "POST", body });
+    const response = await call(`${modelPath("segment")}?${queryString()}`,
+      { method: "POST", body });
     result = await readResult(response, format, performance.now() - started);
   } catch (error) {
     failure = error instanceof RequestFailed ? error
@@ -532,6 +563,12 @@ function init() {
   });
 
   $("image-file").addEventListener("change", (event) => useFile(event.target.files[0]));
+  $("model-picker").addEventListener("change", (event) => {
+    const option = event.target.selectedOptions[0];
+    state.modelName = option.defaultSelected ? null : option.value;
+    state.model = null;
+    loadModel(); // its classes and card; the next image goes to it
+  });
   $("segment-form").addEventListener("submit", (event) => {
     event.preventDefault();
     segment();
