@@ -58,7 +58,7 @@ def image_input(data: bytes, *, binary: bool):
     return tensor
 
 
-def test_health_and_metadata(triton):
+def test_health_and_metadata(triton, painted_server):
     assert triton.is_server_live() and triton.is_server_ready()
     server = triton.get_server_metadata(headers=key())
     assert server["name"] == "atrous" and "binary_tensor_data" in server["extensions"]
@@ -72,6 +72,8 @@ def test_health_and_metadata(triton):
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [1]}]
     assert [o["name"] for o in meta["outputs"]] == ["mask", "confidence"]
     assert "/" not in str(meta)  # no server path in public metadata
+    info = httpx.get(painted_server.url + "/v1/model", headers=key(), timeout=10).json()
+    assert info["weights"] == "painted.ckpt"  # the checkpoint's name, not where it lives
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
