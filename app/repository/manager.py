@@ -104,6 +104,7 @@ class ModelManager:
         self._loader = loader
         self._policy = parse_version_policy(settings.version_policy)
         self._held_out: set[str] = set()  # unloaded by the API: polling leaves them be
+        self._served = False  # the default model has been served (the start is over)
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handle_signals = handle_signals
@@ -134,6 +135,7 @@ class ModelManager:
                          self.failure)
             self._stop_process()
             return
+        self._served = True
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
             self.metrics.ready.set(1)
@@ -147,6 +149,22 @@ class ModelManager:
         """Draining: refuses new leases, lets every version finish (up to the grace) and
         releases them."""
         self.mark_draining()
+        if self._served:
+            # A swap's load runs in a daemon thread inside OpenVINO / TensorFlow; a process
+            # that exits under it aborts ("terminate called without an active exception").
+            # Let it end first, within the grace (at start nothing serves yet, and a SIGTERM
+            # must not wait for a long export: the process exits at once, as before).
+            loading = [v.service for v in self.versions() if v.state is VersionState.LOADING]
+            if loading:
+                log.info("waiting for %d version(s) still loading before stopping",
+                         len(loading))
+                try:
+                    await asyncio.wait_for(asyncio.gather(
+                        *(s.wait_loaded() for s in loading), return_exceptions=True),
+                        self.settings.shutdown_grace_s)
+                except TimeoutError:
+                    log.warning("a version still loading after %.0f s: stopping anyway",
+                                self.settings.shutdown_grace_s)
         for task in list(self._tasks):
             task.cancel()
         versions = list(self.versions())
@@ -252,6 +270,10 @@ class ModelManager:
                 to_load.append((number, source))  # fixed (re-published) or asked again
         if to_load:
             await asyncio.gather(*(self._load(name, n, s) for n, s in to_load))
+        if not wanted and name == self.default_model and self._serving(name) is not None:
+            log.warning("the default model %s has no version on disk any more: it keeps "
+                        "serving what it has loaded", name)
+            return
         if not any(current.get(n) is not None and current[n].state is VersionState.AVAILABLE
                    for n in wanted) and wanted:
             return  # availability first: nothing new serves, so the old keep serving

@@ -69,6 +69,20 @@ def probabilities_model(model: Any) -> Any | None:
     return Model([result], model.get_parameters(), OUTPUT_PROBABILITIES)
 
 
+def _convert_keeping_logging(ov: Any, path: Path) -> Any:
+    """``openvino.convert_model``, leaving the root logger as it found it: the converter
+    sets it to ERROR and restores it only when the conversion succeeds, so one corrupt
+    SavedModel would silence a long-running server's INFO and WARNING logs for good."""
+    root = logging.getLogger()
+    level, filters, handlers = root.level, list(root.filters), list(root.handlers)
+    try:
+        return ov.convert_model(str(path))
+    finally:
+        root.setLevel(level)
+        root.filters[:] = filters
+        root.handlers[:] = handlers
+
+
 class OpenVINORunner:
     """Loads and compiles a model for OpenVINO's CPU plugin.
 
@@ -94,7 +108,7 @@ class OpenVINORunner:
         self.format = formats.detect_format(self.path)
         core = ov.Core()
         if self.format == formats.SAVEDMODEL:
-            model = ov.convert_model(str(self.path))
+            model = _convert_keeping_logging(ov, self.path)
         else:
             model = core.read_model(str(formats.model_file(self.path, self.format)))
         config: dict[str, object] = {
