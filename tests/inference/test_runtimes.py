@@ -308,8 +308,10 @@ def test_a_server_on_another_runtime_batches_warms_up_and_reports_it(
     floor = 0.98 if export.endswith("int8") else 0.999
     assert agreement(masks, reference[:3]) >= floor
     # The three requests met in the batcher: fewer model calls than images.
-    assert metric(server.url, "atrous_batch_size_sum") == 3
-    assert metric(server.url, "atrous_batch_size_count") < 3
+    # The one model of ATROUS_MODEL is version 1 of "default" (its series' labels).
+    labels = '{model="default",version="1"}'
+    assert metric(server.url, "atrous_batch_size_sum" + labels) == 3
+    assert metric(server.url, "atrous_batch_size_count" + labels) < 3
 
 
 def test_serve_with_a_missing_runtime_package_fails_at_start_naming_the_extra(exports):

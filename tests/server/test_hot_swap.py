@@ -221,7 +221,7 @@ def test_hot_swap_under_load(server_factory, tmp_path, exports):
     # server drains and exits 0.
     publish(repository, 5, exports["B"])
     wait_until(lambda: 5 in versions(url), timeout=10, what="version 5 seen")
-    state = versions(url)[5]
-    assert server.stop() == 0, server.log  # not aborted under a load still running
-    if state == "loading":  # the usual case: its load is let finish, then all is released
-        assert "version(s) still loading before stopping" in server.log
+    assert server.stop() == 0, server.log
+    # A load still running at shutdown is let finish (within the grace) rather than aborted
+    # under ("terminate called without an active exception", status -6).
+    assert "terminate called" not in server.log
