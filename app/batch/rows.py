@@ -160,6 +160,7 @@ class BatchSegmenter:
             if claim and self.claims is not None and self.claims.claim(key):
                 out.append((_Failure("worker_crashed",
                                      "a worker died twice while segmenting this image"), 0.0))
+                self.claims.release(key)
                 continue
             try:
                 (mask,) = pipeline.segment_masks(self.segmenter, [image], self.options,

@@ -224,3 +224,40 @@ def test_a_job_whose_workers_cannot_start_exits_2(zoo, ray_cluster, tmp_path, ca
     assert len(failed.value.report.missing) == 12
     assert not (tmp_path / "dst/_SUCCESS").exists()
     assert (tmp_path / "dst/_summary.json").exists()
+
+
+def test_an_image_that_killed_workers_twice_is_quarantined(zoo, tiling_saved_model, tmp_path):
+    """Claims left behind are what a dead worker leaves: the batch's (it died on the batch),
+    then b.jpg's own (it died again on b.jpg alone). The retry marks b.jpg only."""
+    import fsspec
+
+    from app.batch.rows import BatchSegmenter, read_rows
+    from app.batch.store import FileClaims
+
+    claims = FileClaims(fsspec.filesystem("file"), str(tmp_path / "claims"))
+    segment = BatchSegmenter(ModelSpec(model=str(tiling_saved_model)), claims)
+    items = [{"key": key, "uri": str(zoo / key)} for key in ("a.png", "nested/b.jpg")]
+    assert not claims.claim(["a.png", "nested/b.jpg"]) and not claims.claim(["nested/b.jpg"])
+    rows = {r["key"]: r for r in segment(read_rows(items, max_bytes=2**20))}
+    assert rows["a.png"]["status"] == "ok"
+    assert (rows["nested/b.jpg"]["status"], rows["nested/b.jpg"]["error_code"]) == (
+        "error", "worker_crashed")
+    assert list((tmp_path / "claims").iterdir()) == []  # every claim released
+    rows = {r["key"]: r for r in segment(read_rows(items, max_bytes=2**20))}
+    assert {r["status"] for r in rows.values()} == {"ok"}  # a fresh batch runs as usual
+
+
+def test_docs_name_every_error_code_and_flag():
+    from app.batch import ERROR_CODES
+    from app.cli.main import build_parser
+
+    text = (REPO / "docs/batch.md").read_text()
+    for code in ERROR_CODES:
+        assert f"| `{code}` |" in text, code
+    parser = build_parser()._subparsers._group_actions[0].choices["segment-dataset"]
+    network = {"--backbone", "--output-stride", "--num-classes", "--head", "--input-size",
+               "--precision", "--help", "-h"}
+    flags = {s for a in parser._actions for s in a.option_strings} - network
+    readme = (REPO / "README.md").read_text()
+    for flag in flags:
+        assert f"`{flag}" in text or f"{flag} " in text or flag in readme, flag
