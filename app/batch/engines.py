@@ -100,6 +100,8 @@ def run_ray(items: Sequence[Item], spec: ModelSpec, store: Store, *, batch_size:
     except ImportError:
         raise ValueError("--engine ray needs Ray: pip install 'atrous[ray]' "
                          "(or use --engine local)") from None
+    if not items:  # all done already (--resume): no cluster to start
+        return 0.0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     start = time.monotonic()
     started = not ray.is_initialized()
@@ -108,8 +110,6 @@ def run_ray(items: Sequence[Item], spec: ModelSpec, store: Store, *, batch_size:
                  log_to_driver=log.isEnabledFor(logging.DEBUG))
     startup = time.monotonic() - start if started else 0.0
     try:
-        if not items:
-            return startup
         cpus = options.cpus_per_worker or _default_cpus(ray, options)
         if spec.threads is None:  # the runtime uses the actor's share, not every core
             spec = dataclasses.replace(spec, threads=max(1, int(cpus)))

@@ -17,6 +17,7 @@ run twice after a crash), leaving one row per image.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import posixpath
@@ -25,7 +26,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["SCHEMA", "Store", "Tally", "new_run_id"]
+__all__ = ["FileClaims", "Store", "Tally", "new_run_id", "schema"]
 
 SUCCESS = "_SUCCESS"
 SUMMARY = "_summary.json"
@@ -33,7 +34,9 @@ MANIFEST = "_manifest"
 CLAIMS = "_claims"
 
 
-def _schema() -> Any:
+@functools.cache
+def schema() -> Any:
+    """The rows' ``pyarrow.Schema`` (pyarrow is imported only when a job runs)."""
     import pyarrow as pa
 
     return pa.schema([
@@ -46,9 +49,6 @@ def _schema() -> Any:
             ("fraction", pa.float64()), ("bbox", pa.list_(pa.int32()))]))),
         ("model", pa.string()), ("runtime", pa.string()), ("ms", pa.float64()),
     ])
-
-
-SCHEMA = None  # built on first use: pyarrow is imported only when a job runs
 
 
 def new_run_id() -> str:
@@ -114,7 +114,7 @@ class Store:
         best = self._best()
         superseded = 0
         for part in self.parts():
-            table = pq.read_table(part, filesystem=self.fs, schema=_get_schema())
+            table = pq.read_table(part, filesystem=self.fs, schema=schema())
             winners = [best[key].part == part and best[key].row == index
                        for index, key in enumerate(table.column("key").to_pylist())]
             if all(winners):
@@ -167,7 +167,7 @@ class Store:
         name = posixpath.join(self.rows_dir, f"part-{self.run}-{uuid.uuid4().hex[:12]}.parquet")
         import pyarrow as pa
 
-        self._put(name, _parquet(pa.Table.from_pylist(list(rows), schema=_get_schema())))
+        self._put(name, _parquet(pa.Table.from_pylist(list(rows), schema=schema())))
         return name
 
     def _write_mask(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -222,13 +222,6 @@ class FileClaims:
     def _path(self, keys: Iterable[str]) -> str:
         digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
         return posixpath.join(self.folder, digest)
-
-
-def _get_schema() -> Any:
-    global SCHEMA
-    if SCHEMA is None:
-        SCHEMA = _schema()
-    return SCHEMA
 
 
 def _parquet(table: Any) -> bytes:
