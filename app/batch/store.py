@@ -91,6 +91,8 @@ class Store:
             stale = posixpath.join(self.root, CLAIMS)
             if self.fs.exists(stale):
                 self.fs.rm(stale, recursive=True)
+            for temporary in self.fs.glob(posixpath.join(self.rows_dir, ".part-*.tmp")):
+                self.fs.rm(temporary)  # a part a killed run never finished
             for marker in (SUCCESS, SUMMARY):
                 if self.fs.exists(posixpath.join(self.root, marker)):
                     self.fs.rm(posixpath.join(self.root, marker))
