@@ -47,6 +47,7 @@ class ModelSpec:
     model: str  # an exported model directory, visible to every worker
     runtime: str = "auto"
     threads: int | None = None
+    inference_precision: str = "auto"  # model.inference.precision
     tiling: str = "off"
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
@@ -96,7 +97,8 @@ class BatchSegmenter:
 
         self.spec = spec
         self.claims = claims
-        self.segmenter = load_runtime(spec.model, spec.runtime, threads=spec.threads)
+        self.segmenter = load_runtime(spec.model, spec.runtime, threads=spec.threads,
+                                      inference_precision=spec.inference_precision)
         self.runtime = self.segmenter.runtime
         labels = self.segmenter.metadata.labels
         self.labels = labels

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = ModelSpec(
         model=str(_model_dir(args)), runtime=args.runtime, threads=args.threads,
+        inference_precision=args.inference_precision,
         tiling=args.tiling, scales=parse_scales(args.scales) if args.scales else (1.0,),
         flip=args.flip, classes=tuple(args.classes.split(",")) if args.classes else None,
         max_pixels=args.max_pixels)
