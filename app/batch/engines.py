@@ -106,8 +106,11 @@ def run_ray(items: Sequence[Item], spec: ModelSpec, store: Store, *, batch_size:
     start = time.monotonic()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=options.address, include_dashboard=False,
-                 log_to_driver=log.isEnabledFor(logging.DEBUG))
+        joining = options.address or os.environ.get("RAY_ADDRESS")
+        # A Ray started for this job needs no dashboard; a cluster keeps its own settings.
+        local: dict[str, Any] = {} if joining else {"include_dashboard": False}
+        ray.init(address=options.address, log_to_driver=log.isEnabledFor(logging.DEBUG),
+                 **local)
     startup = time.monotonic() - start if started else 0.0
     try:
         cpus = options.cpus_per_worker or _default_cpus(ray, options)
