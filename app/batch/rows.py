@@ -82,11 +82,12 @@ def _read(row: dict[str, Any], max_bytes: int) -> dict[str, Any]:
 class Claims(Protocol):
     """Where a worker notes what it is about to run (see the module docstring)."""
 
-    def claim(self, keys: Sequence[str]) -> bool:
-        """Leaves a claim on ``keys``; True if one from an earlier attempt was there."""
+    def claim(self, keys: Sequence[str], *, alone: bool = False) -> bool:
+        """Leaves a claim on ``keys`` (``alone``: one image run by itself, apart from a batch
+        of one); True if one from an earlier attempt was there."""
         ...
 
-    def release(self, keys: Sequence[str]) -> None: ...
+    def release(self, keys: Sequence[str], *, alone: bool = False) -> None: ...
 
 
 class BatchSegmenter:
@@ -159,10 +160,10 @@ class BatchSegmenter:
         for index, image, _ in decoded:
             key = [rows[index]["key"]]
             start = time.perf_counter()
-            if claim and self.claims is not None and self.claims.claim(key):
+            if claim and self.claims is not None and self.claims.claim(key, alone=True):
                 out.append((_Failure("worker_crashed",
                                      "a worker died twice while segmenting this image"), 0.0))
-                self.claims.release(key)
+                self.claims.release(key, alone=True)
                 continue
             try:
                 (mask,) = pipeline.segment_masks(self.segmenter, [image], self.options,
@@ -172,7 +173,7 @@ class BatchSegmenter:
                 out.append((_Failure("inference_failed", f"{type(e).__name__}: {e}"[:300]),
                             _ms(start)))
             if claim and self.claims is not None:
-                self.claims.release(key)
+                self.claims.release(key, alone=True)
         return out
 
     def _ok(self, row: dict[str, Any], mask: Any, ms: float, start: float) -> dict[str, Any]:

@@ -208,22 +208,22 @@ class FileClaims:
     def __init__(self, fs: Any, folder: str) -> None:
         self.fs, self.folder = fs, folder
 
-    def claim(self, keys: Sequence[str]) -> bool:
-        path = self._path(keys)
+    def claim(self, keys: Sequence[str], *, alone: bool = False) -> bool:
+        path = self._path(keys, alone)
         if self.fs.exists(path):
             return True
         self.fs.makedirs(self.folder, exist_ok=True)
         self.fs.pipe_file(path, "\n".join(keys).encode())
         return False
 
-    def release(self, keys: Sequence[str]) -> None:
-        path = self._path(keys)
+    def release(self, keys: Sequence[str], *, alone: bool = False) -> None:
+        path = self._path(keys, alone)
         if self.fs.exists(path):
             self.fs.rm(path)
 
-    def _path(self, keys: Iterable[str]) -> str:
+    def _path(self, keys: Iterable[str], alone: bool) -> str:
         digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
-        return posixpath.join(self.folder, digest)
+        return posixpath.join(self.folder, ("image-" if alone else "batch-") + digest)
 
 
 def _parquet(table: Any) -> bytes:

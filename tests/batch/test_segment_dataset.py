@@ -237,7 +237,8 @@ def test_an_image_that_killed_workers_twice_is_quarantined(zoo, tiling_saved_mod
     claims = FileClaims(fsspec.filesystem("file"), str(tmp_path / "claims"))
     segment = BatchSegmenter(ModelSpec(model=str(tiling_saved_model)), claims)
     items = [{"key": key, "uri": str(zoo / key)} for key in ("a.png", "nested/b.jpg")]
-    assert not claims.claim(["a.png", "nested/b.jpg"]) and not claims.claim(["nested/b.jpg"])
+    assert not claims.claim(["a.png", "nested/b.jpg"])
+    assert not claims.claim(["nested/b.jpg"], alone=True)
     rows = {r["key"]: r for r in segment(read_rows(items, max_bytes=2**20))}
     assert rows["a.png"]["status"] == "ok"
     assert (rows["nested/b.jpg"]["status"], rows["nested/b.jpg"]["error_code"]) == (
@@ -245,6 +246,10 @@ def test_an_image_that_killed_workers_twice_is_quarantined(zoo, tiling_saved_mod
     assert list((tmp_path / "claims").iterdir()) == []  # every claim released
     rows = {r["key"]: r for r in segment(read_rows(items, max_bytes=2**20))}
     assert {r["status"] for r in rows.values()} == {"ok"}  # a fresh batch runs as usual
+    # A batch of one that killed a worker once is run again (alone), not yet quarantined.
+    assert not claims.claim(["a.png"])
+    (row,) = segment(read_rows(items[:1], max_bytes=2**20))
+    assert row["status"] == "ok"
 
 
 def test_docs_name_every_error_code_and_flag():
