@@ -29,6 +29,7 @@ PUBLIC_NAMES = [
     "ModelClass",
     "ModelInfo",
     "PayloadTooLargeError",
+    "SegmentOptions",
     "Segmentation",
     "ServiceUnavailableError",
     "Tiling",
