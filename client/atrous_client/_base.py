@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Generator, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import httpx
 import numpy as np
@@ -68,13 +68,13 @@ _T = TypeVar("_T")
 
 PROBE_POLL_S = 0.5
 
-Call = Generator["httpx.Request | float", "httpx.Response | None", _T]
+Call: TypeAlias = Generator["httpx.Request | float", "httpx.Response | None", _T]
 """One client call written once for both clients, free of I/O: it yields a request to send
 (and receives the response, or has the ``httpx.TransportError`` thrown in) or a number of
 seconds to sleep (and receives None), and returns the call's result.  ``AtrousClient._run``
 drives it with blocking sends and sleeps, ``AsyncAtrousClient._run`` with awaited ones."""
 
-Outcome = httpx.Response | httpx.TransportError | None
+Outcome: TypeAlias = "httpx.Response | httpx.TransportError | None"
 """What a driver hands back to a ``Call``: the response, the transport error, or None (after a
 sleep, and to start it)."""
 
