@@ -1,7 +1,9 @@
 """The atrous command: one module per subcommand, each adding its own parser.
 
 Each subcommand imports what it needs when it runs, so ``atrous --help`` is instant
-and ``atrous segment --url`` works without loading TensorFlow.
+and ``atrous segment --url`` works without loading TensorFlow.  Their ``add_parser``
+functions look alike on purpose: plain argparse declarations, each read beside the command
+it configures (the shared model flags are ``options.add_model_options``).
 """
 
 import argparse
