@@ -72,13 +72,9 @@ class AtrousClient(BaseClient[httpx.Client, httpx.BaseTransport]):
                 also downloads per-class probability planes (``result.probabilities``,
                 ``result.probability("person")``, ``result.confidence``).  All give the
                 same ``mask`` for the same options.
-            **options: ``SegmentOptions``:
-                ``tiling``: ``off`` (DeepLab's single pass), ``on`` (overlapping tiles at
-                native resolution, for large images with thin structures) or ``auto``;
-                ``scales``: test-time scales whose probabilities are averaged, e.g. DeepLab's
-                ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``, None is ``(1.0,)``;
-                ``flip``: also run on the mirrored image and average;
-                ``classes``: labels or ids to keep; other classes become background (0).
+            **options: the keywords of ``SegmentOptions``, each documented there: ``tiling``
+                (``off``, ``on`` or ``auto``), ``scales`` and ``flip`` (test-time
+                augmentation), ``classes`` (the classes to keep).
 
         Raises:
             APIStatusError: the server refused the image (a subclass per status).
