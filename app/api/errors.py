@@ -43,6 +43,11 @@ class AtrousError(Exception):
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
+# One small class per error, alike on purpose (a table spelled as classes): routes raise
+# them by name, ``except`` clauses catch them by type, and each line reads as a row of the
+# error table in docs/http-api.md.  A generated table would hide them from both.
+
+
 class EmptyBodyError(AtrousError):
     status, code, default_message = 400, "empty_body", "the request body is empty"
 

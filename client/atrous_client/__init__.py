@@ -33,7 +33,15 @@ from ._exceptions import (
     UnsupportedMediaTypeError,
 )
 from ._images import VOC_PALETTE, ImageInput
-from ._types import ClassInfo, Format, ModelClass, ModelInfo, Segmentation, Tiling
+from ._types import (
+    ClassInfo,
+    Format,
+    ModelClass,
+    ModelInfo,
+    Segmentation,
+    SegmentOptions,
+    Tiling,
+)
 from ._version import __version__
 
 __all__ = [
@@ -52,6 +60,7 @@ __all__ = [
     "ImageInput",
     "Format",
     "Tiling",
+    "SegmentOptions",
     "VOC_PALETTE",
     # Errors
     "AtrousError",

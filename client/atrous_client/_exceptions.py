@@ -29,20 +29,8 @@ from __future__ import annotations
 
 import httpx
 
-__all__ = [
-    "AtrousError",
-    "APIConnectionError",
-    "APITimeoutError",
-    "APIStatusError",
-    "BadRequestError",
-    "AuthenticationError",
-    "PayloadTooLargeError",
-    "UnsupportedMediaTypeError",
-    "UnprocessableEntityError",
-    "ServiceUnavailableError",
-    "GatewayTimeoutError",
-    "InternalServerError",
-]
+# No __all__ here: the package's __init__ names the public errors once, and the tree above
+# says how they relate.
 
 
 class AtrousError(Exception):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from model import signal_stack
 from model.config import ModelConfig
 from model.nets.backbones import Backbone
 from model.train import data, objective, run
@@ -102,6 +103,9 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         yield stop
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The handler runs on the alternate signal stack, which an OpenVINO Core used earlier
+    # in this process may have left pointing at freed memory (model.signal_stack).
+    signal_stack.install_own_stack()
 
     def handler(signum: int, frame: Any) -> None:
         log.warning("received %s: saving a checkpoint after this step",

@@ -155,9 +155,12 @@ def test_auto_takes_the_measured_order_and_logs_it(exports, caplog, monkeypatch)
     assert "runtime auto: openvino for a openvino export on the CPU" in caplog.text
     for format, order in runtimes.CPU_PREFERENCE.items():
         assert choose_runtime(format, gpu=False) == order[0]
-    # The default export on a CPU: OpenVINO (a core dependency), the measured winner (loaded
-    # that way by tests/inference/test_resnet101.py and every default server).
+    # The default export on a CPU: OpenVINO (a core dependency), the measured winner.  Loaded
+    # in this process again: a later SIGTERM-resume training test in the same worker used to
+    # segfault after it (tests/inference/test_signal_stack.py has the cause and the guards).
     assert choose_runtime(formats.SAVEDMODEL, gpu=False) == "openvino"
+    saved = load_runtime(exports["savedmodel"])
+    assert saved.runtime == "openvino" and saved.has_probabilities
     # A GPU: TensorFlow for a SavedModel (OpenVINO's CPU plugin would leave it idle).
     assert choose_runtime(formats.SAVEDMODEL, gpu=True) == "tensorflow"
 
