@@ -75,6 +75,7 @@ class Service:
         self.metrics.memory_budget.set(settings.memory_budget_bytes)
         self.budget = MemoryBudget(settings.memory_budget_bytes, self.metrics.memory_in_use)
         self._watchdog: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -147,15 +148,17 @@ class Service:
                                   f"timeout ({limit:g} s): the runtime is hung")
 
     def _lose_worker(self, reason: str) -> None:
-        """Not ready, ask uvicorn to stop, and exit for good after a grace period: a hung
-        model thread would otherwise keep the interpreter from exiting."""
+        """Not ready (queued work refused with 503 now), then a hard exit after a grace
+        period in which ``/readyz`` answers 503: a hung model thread cannot be stopped,
+        and would keep the interpreter from ever exiting on its own."""
         log.critical("%s; exiting with status %d for a restart", reason, EXIT_WORKER_LOST)
         self.failure = RuntimeError(reason)
         self.phase = Phase.FAILED
         self.metrics.ready.set(0)
+        if self.batcher is not None:
+            self._stopping = asyncio.create_task(self.batcher.stop(timeout=0))
         if self._handle_signals:  # a server process, not an in-process test client
             threading.Timer(EXIT_GRACE_S, os._exit, (EXIT_WORKER_LOST,)).start()
-        self._stop_process()
 
     async def stop(self) -> None:
         """Drains the batcher (up to the grace period) and releases the model."""

@@ -180,7 +180,8 @@ def working_bytes(plan: tiling.ImagePlan, num_classes: int, *, with_planes: bool
 
     The terms (float32 = 4 bytes, C = ``num_classes``, base = ``plan.base``):
 
-    * the decoded image (3 bytes a pixel) and every model input (uint8 S x S x 3 each);
+    * the upload, the decoded image and its array for cutting (3 bytes a pixel each), and
+      every model input (uint8 S x S x 3 each);
     * the merge (``tiling.StreamingMerge``): one tile row of accumulator for a single
       pass at the base resolution, else the largest pass plus the running sum;
     * results waiting to be folded in: a batch of float32 S x S x C;
@@ -191,7 +192,7 @@ def working_bytes(plan: tiling.ImagePlan, num_classes: int, *, with_planes: bool
     rows, cols = plan.base
     size = plan.input_size
     accumulate = 4 * (num_classes + 1)
-    inputs = 3 * width * height + plan.tile_count * (3 * size * size + 8)
+    inputs = 9 * width * height + plan.tile_count * (3 * size * size + 8)
     first = plan.passes[0].grid
     if len(plan.passes) == 1 and (first.height, first.width) == tuple(plan.base):
         merge = min(size, rows) * cols * accumulate * 2  # the band, and its divided copy
