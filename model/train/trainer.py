@@ -251,6 +251,7 @@ class Trainer:
         if init is not None:
             objective.init_from_checkpoint(self.variables, init, self.config)
         if self.chief:
+            run.trim_history(self.run, 0)  # a run killed before its first checkpoint
             run.write_record(self.run, self.config, dict(
                 dataclasses.asdict(self.train_config), init=init, replicas=self.replicas))
         return 0
