@@ -262,9 +262,11 @@ class Trainer:
         for checkpoint in run.complete_checkpoints(self.run):
             try:
                 run.restore_all(checkpoint, self.checkpoint_variables)
-            except tf.errors.OpError as e:
+            except run.RunError:
+                raise  # another network's checkpoint: not a torn file
+            except Exception as e:  # noqa: BLE001 - a torn file: OpError, IndexError, ...
                 log.warning("checkpoint %s does not read whole (%s): trying the one before",
-                            checkpoint, e.message.splitlines()[0])
+                            checkpoint, str(e).splitlines()[0] if str(e) else type(e).__name__)
                 continue
             return checkpoint
         raise run.RunError(f"{self.run} holds no complete checkpoint to resume from")
