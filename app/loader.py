@@ -63,7 +63,8 @@ def load_segmenter(settings: Settings) -> LoadedModel:
              settings.max_batch_size)
     segmenter = load_runtime(path, settings.runtime, threads=settings.threads,
                              warmup_batch_sizes=range(1, settings.max_batch_size + 1),
-                             gpu_memory_growth=settings.gpu_memory_growth)
-    log.info("runtime %s %s on %s", segmenter.runtime, segmenter.runtime_version,
-             segmenter.device)
+                             gpu_memory_growth=settings.gpu_memory_growth,
+                             inference_precision=settings.inference_precision)
+    log.info("runtime %s %s on %s; inference precision %s", segmenter.runtime,
+             segmenter.runtime_version, segmenter.device, segmenter.inference_precision.reason)
     return LoadedModel(segmenter=segmenter, path=path)

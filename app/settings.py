@@ -15,12 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.config import HEADS, PRECISIONS, ModelConfig
 from model.inference import formats, runtimes
 from model.inference.contract import ModelMetadata
+from model.inference.precision import INFERENCE_PRECISIONS, choose_precision
 
 # The model fields' defaults are ModelConfig's: one source, no literal repeated here.
 _MODEL: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 Head = Literal[HEADS]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Runtime = Literal[runtimes.RUNTIME_CHOICES]  # type: ignore[valid-type]
+InferencePrecisionChoice = Literal[INFERENCE_PRECISIONS]  # type: ignore[valid-type]
 
 #: Batch size defaults, measured (benchmarks/RESULTS.md, "Runtimes"): on the CPU TensorFlow
 #: costs more per image at batch 4 than at batch 1 and no runtime gained enough to be worth
@@ -62,6 +64,10 @@ class Settings(BaseSettings):
         runtimes.AUTO, description="inference engine: auto, tensorflow, openvino or onnxruntime")
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for the runtime (unset: every core)")
+    # How it computes (model.inference.precision), apart from `precision`, the network's build.
+    inference_precision: InferencePrecisionChoice = Field(
+        "auto", description="auto (bf16 on a CPU with AMX-BF16 or AVX512-BF16, where "
+        "OpenVINO runs; fp32 elsewhere), fp32 (exact) or bf16")
 
     # Batching and load.
     max_batch_size: int = Field(
@@ -135,6 +141,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"ATROUS_MODEL: {e}") from None
         if self.runtime != runtimes.AUTO:  # a missing package or a wrong format: fail now
             runtimes.require(self.runtime, format)
+        runtime = (self.runtime if self.runtime != runtimes.AUTO
+                   else runtimes.choose_runtime(format))
+        export_precision = (ModelMetadata.read(self.model).precision if self.model is not None
+                            else self.precision)
+        try:  # bf16 on a CPU or runtime without it: fail now, not at load
+            choose_precision(self.inference_precision, runtime, export_precision)
+        except ValueError as e:
+            raise ValueError(f"ATROUS_INFERENCE_PRECISION: {e}") from None
         if self.checkpoint is not None:
             from model.checkpoints import CheckpointError, resolve_checkpoint
 

@@ -83,4 +83,10 @@ class ModelInfo(BaseModel):
     runtime: str = Field(description="the engine running the model: tensorflow, openvino "
                          "or onnxruntime")
     runtime_version: str
+    inference_precision: str = Field(
+        description="the arithmetic the runtime computes in: fp32 or bf16 (or the export's "
+        "own fp16/int8 on runtimes that cannot switch it); ATROUS_INFERENCE_PRECISION")
+    inference_precision_reason: str = Field(
+        description="why: the setting and the CPU behind it, e.g. 'auto: bf16, as the CPU "
+        "has AMX-BF16 ...'")
     batching: Batching

@@ -45,7 +45,8 @@ def _bench_model(args: argparse.Namespace) -> int:
     from model.inference import timing
     from model.inference.runtimes import load_runtime
 
-    segmenter = load_runtime(args.model, args.runtime, threads=args.threads)
+    segmenter = load_runtime(args.model, args.runtime, threads=args.threads,
+                             inference_precision=args.inference_precision)
     print(timing.HEADER)
     for batch in args.batch_sizes:
         result = timing.time_segmenter(segmenter, batch, num_batches=args.batches,

@@ -97,7 +97,8 @@ def _is_export(path: str | Path) -> bool:
 def _runner(path: str | Path, args: argparse.Namespace) -> Any:
     from model.inference.runtimes import load_runtime
 
-    return load_runtime(path, args.runtime, threads=args.threads)
+    return load_runtime(path, args.runtime, threads=args.threads,
+                             inference_precision=args.inference_precision)
 
 
 def _described_dict(segmenter: Any) -> dict[str, str]:
@@ -107,12 +108,16 @@ def _described_dict(segmenter: Any) -> dict[str, str]:
     return {"format": getattr(metadata, "format", "savedmodel"),
             "precision": metadata.precision,
             "runtime": getattr(segmenter, "runtime", "tensorflow"),
-            "runtime_version": getattr(segmenter, "runtime_version", "")}
+            "runtime_version": getattr(segmenter, "runtime_version", ""),
+            "inference_precision": getattr(getattr(segmenter, "inference_precision", None),
+                                           "name", metadata.precision)}
 
 
 def _described(segmenter: Any) -> str:
     d = _described_dict(segmenter)
-    return (f"{d['format']} {d['precision']} on {d['runtime']} {d['runtime_version']}"
-            .rstrip())
+    computes = (f", computing in {d['inference_precision']}"
+                if d["inference_precision"] != d["precision"] else "")
+    return (f"{d['format']} {d['precision']} on {d['runtime']} {d['runtime_version']}".rstrip()
+            + computes)
 
 

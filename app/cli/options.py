@@ -79,7 +79,9 @@ def batch_size(text: str) -> Any:
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """--runtime and --threads, for the commands that run a model in this process."""
+    """--runtime, --threads and --inference-precision, for the commands that run a model in
+    this process."""
+    from model.inference.precision import INFERENCE_PRECISIONS
     from model.inference.runtimes import RUNTIME_CHOICES
 
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
@@ -87,3 +89,7 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
                              "for the model's format and this device; docs/runtimes.md)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the runtime (default: every core)")
+    parser.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS, default="auto",
+                        help="how the runtime computes (default auto: bf16 where OpenVINO runs "
+                             "on a CPU with AMX-BF16 or AVX512-BF16, fp32 elsewhere; fp32 pins "
+                             "DeepLab's exact arithmetic; docs/runtimes.md)")

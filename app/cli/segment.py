@@ -89,7 +89,8 @@ def _local_segmenter(args: argparse.Namespace) -> Segment:
         with untrained_warnings_to_stderr():
             model = cached_export(model_config(args), Settings.model_fields["cache_dir"].default,
                                   checkpoint=args.checkpoint)
-    segmenter = load_runtime(model, args.runtime, threads=args.threads)
+    segmenter = load_runtime(model, args.runtime, threads=args.threads,
+                             inference_precision=args.inference_precision)
     print(f"runtime: {segmenter.runtime} {segmenter.runtime_version} on {segmenter.device}",
           file=sys.stderr)
     args.labels = segmenter.metadata.labels

@@ -66,6 +66,8 @@ class ModelInfo:
     format: str | None = None  # savedmodel, openvino or onnx
     runtime: str | None = None
     runtime_version: str | None = None
+    inference_precision: str | None = None  # how it computes here: fp32 or bf16
+    inference_precision_reason: str | None = None
     batching: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -96,6 +98,8 @@ class ModelInfo:
             format=data.get("format"),
             runtime=data.get("runtime"),
             runtime_version=data.get("runtime_version"),
+            inference_precision=data.get("inference_precision"),
+            inference_precision_reason=data.get("inference_precision_reason"),
             batching=dict(data.get("batching") or {}),
             raw=dict(data),
         )

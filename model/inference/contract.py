@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.inference.precision import InferencePrecision
+
 SIGNATURE_NAME = "serving_default"
 INPUT_IMAGES = "images"
 INPUT_SIZES = "sizes"
@@ -102,6 +104,8 @@ class Segmenter(Protocol):
         runtime: the engine that runs it (``"tensorflow"``, ``"openvino"``, ``"onnxruntime"``).
         runtime_version: that engine's version.
         device: where it runs, e.g. ``"CPU"`` or ``"GPU:0 (NVIDIA H100)"``.
+        inference_precision: the arithmetic it computes in, and why
+            (``model.inference.precision``).
         oom_errors: exceptions meaning "this batch is too big": the batcher splits it.
     """
 
@@ -109,6 +113,7 @@ class Segmenter(Protocol):
     runtime: str
     runtime_version: str
     device: str
+    inference_precision: InferencePrecision
     oom_errors: tuple[type[BaseException], ...]
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray: ...

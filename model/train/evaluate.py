@@ -27,6 +27,7 @@ from model.config import ModelConfig
 from model.inference import encoding, imaging, labels
 from model.inference.contract import ModelMetadata, Segmenter
 from model.inference.pipeline import segment_images
+from model.inference.precision import InferencePrecision
 from model.train.data import IGNORE_LABEL, load_examples
 
 # Evaluation reads trusted local files: allow VOC-sized and much larger images.
@@ -178,6 +179,8 @@ class LiveSegmenter:
 
         self.metadata = metadata_for(module.config, weights)
         self.runtime_version = tf.__version__
+        self.inference_precision = InferencePrecision(
+            self.metadata.precision, "training: the network's own precision")
         self._labels = tf.function(module.labels)
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -210,6 +213,8 @@ class MultiScaleSegmenter:
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be positive, got {list(scales)}")
         self.config = config
+        self.inference_precision = InferencePrecision(
+            config.precision, "checkpoint: the network's own precision")
         self.scales = tuple(scales)
         self.flip = flip
         self.module = SegmentationModule(config)

@@ -244,6 +244,8 @@ def test_model_info_health_ready(client: AtrousClient) -> None:
     assert info.labels[15] == "person"
     assert info.trained is False
     assert info.runtime == "openvino" and info.runtime_version  # the CPU default
+    assert info.inference_precision in ("fp32", "bf16")
+    assert info.inference_precision_reason.startswith(f"auto: {info.inference_precision}")
     assert client.health() is True
     assert client.ready() is True
     client.wait_until_ready(timeout=5)

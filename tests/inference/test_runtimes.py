@@ -94,8 +94,10 @@ def test_every_export_has_the_metadata_beside_it(exports):
                                                  ("openvino", "savedmodel"),
                                                  ("onnxruntime", "onnx")])
 def test_fp32_runtimes_give_the_saved_models_labels(exports, reference, runtime, export):
-    segmenter = load_runtime(exports[export], runtime, warmup_batch_sizes=[1, 2])
+    segmenter = load_runtime(exports[export], runtime, warmup_batch_sizes=[1, 2],
+                             inference_precision="fp32")
     assert (segmenter.runtime, segmenter.metadata.input_size) == (runtime, 129)
+    assert segmenter.inference_precision.name == "fp32"
     assert segmenter.runtime_version[0].isdigit() and segmenter.device.startswith("CPU")
     assert MemoryError in segmenter.oom_errors
     masks = segment_images(segmenter, IMAGES)
@@ -113,7 +115,8 @@ def test_openvino_gives_the_saved_models_probabilities(exports, export):
     from model.inference.preprocessing import letterbox
 
     tensorflow = load_runtime(exports["savedmodel"], "tensorflow")
-    segmenter = load_runtime(exports[export], "openvino", warmup_batch_sizes=[1])
+    segmenter = load_runtime(exports[export], "openvino", warmup_batch_sizes=[1],
+                             inference_precision="fp32")
     assert segmenter.has_probabilities
     boxed = [letterbox(image, 129) for image in IMAGES[:3]]
     images = np.stack([canvas for canvas, _ in boxed])
@@ -259,7 +262,7 @@ def test_eval_scores_any_export_through_its_runtime(exports, tmp_path, capsys):
     assert len(masks["savedmodel"]) == 3
     assert len(np.unique(np.concatenate([m.ravel() for m in masks["savedmodel"]]))) >= 2
     assert reports["onnx"]["model"] == {"format": "onnx", "precision": "fp32",
-                                        "runtime": "onnxruntime",
+                                        "runtime": "onnxruntime", "inference_precision": "fp32",
                                         "runtime_version": reports["onnx"]["model"][
                                             "runtime_version"]}
     assert reports["openvino-int8"]["model"]["precision"] == "int8"

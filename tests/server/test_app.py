@@ -16,6 +16,7 @@ from app.service import Phase
 from app.settings import Settings
 from model.inference.contract import ModelMetadata
 from model.inference.labels import class_labels, voc_colormap
+from model.inference.precision import InferencePrecision
 
 SIZE = 33
 METADATA = ModelMetadata(
@@ -28,6 +29,7 @@ METADATA = ModelMetadata(
 class ConstantSegmenter:
     metadata = METADATA
     runtime, runtime_version, device = "fake", "0", "CPU"
+    inference_precision = InferencePrecision("fp32", "fp32: a fake that computes nothing")
     oom_errors: tuple[type[BaseException], ...] = (MemoryError,)
 
     def __init__(self, label: int = 15, error: Exception | None = None) -> None:

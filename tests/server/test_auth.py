@@ -24,6 +24,7 @@ from app.main import create_app
 from app.settings import Settings
 from model.inference.contract import ModelMetadata
 from model.inference.labels import class_labels, voc_colormap
+from model.inference.precision import InferencePrecision
 
 KEYS = ("first-key-0123456789", "second-key-abcdef")
 SIZE = 33
@@ -39,6 +40,7 @@ class ConstantSegmenter:
         colors=tuple(tuple(int(c) for c in rgb) for rgb in voc_colormap(21)),
         tensorflow_version="none")
     runtime, runtime_version, device = "fake", "0", "CPU"
+    inference_precision = InferencePrecision("fp32", "fp32: a fake that computes nothing")
     oom_errors: tuple[type[BaseException], ...] = (MemoryError,)
 
     def __call__(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from model.inference.labels import VOC_LABELS, voc_colormap
+from model.inference.precision import bf16_units
 
 MAX_UPLOAD = 2_000_000
 MAX_PIXELS = 20_000_000
@@ -41,9 +42,11 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def runner(tiny_saved_model):
-    from model.inference.runtimes.savedmodel import SavedModelRunner
+    """The bare model as the server runs it: the same runtime and inference precision (the
+    runtimes' parity with TensorFlow is tests/inference's)."""
+    from model.inference.runtimes import load_runtime
 
-    return SavedModelRunner(tiny_saved_model)
+    return load_runtime(tiny_saved_model)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -374,6 +377,10 @@ def test_model_info(client):
     assert info["device"].startswith("CPU")  # OpenVINO names the CPU model: "CPU (AMD EPYC)"
     # The default runtime on a CPU: OpenVINO serves the SavedModel (runtimes.CPU_PREFERENCE).
     assert info["runtime"] == "openvino" and info["runtime_version"].startswith("20")
+    # It computes in bf16 where the CPU has bf16 units, fp32 elsewhere, and says why.
+    want = "bf16" if bf16_units() else "fp32"
+    assert info["inference_precision"] == want, info
+    assert info["inference_precision_reason"].startswith(f"auto: {want}, as the CPU has")
     assert info["batching"] == {"max_batch_size": 4, "max_batch_delay_ms": 20.0,
                                 "max_queue": 64, "request_timeout_s": 30.0}
 

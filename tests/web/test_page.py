@@ -224,6 +224,8 @@ def test_the_key_is_asked_for_then_the_mask_and_its_classes_are_shown(page, file
     assert "resnet_v1_50" in card and "129 × 129" in card and "Trained\nyes" in card, card
     info = httpx.get(painted_server.url + "/v1/model", headers={"Authorization": f"Bearer {KEY}"})
     assert f"Runtime\n{info.json()['runtime']} {info.json()['runtime_version']}" in card, card
+    computes = f"{info.json()['inference_precision']} — {info.json()['inference_precision_reason']}"
+    assert f"Computes in\n{computes}" in card, card  # which precision runs, and why
     assert not visible(page, "untrained")
     extra = {e.get_attribute("data-param") for e in
              page.find_elements(By.CSS_SELECTOR, "#extra-options [data-param]")}

@@ -24,6 +24,8 @@ async def model_info(service: ServiceDep) -> ModelInfo:
         weights=metadata.weights, trained=metadata.trained, precision=metadata.precision,
         format=metadata.format, device=segmenter.device, runtime=segmenter.runtime,
         runtime_version=segmenter.runtime_version,
+        inference_precision=segmenter.inference_precision.name,
+        inference_precision_reason=segmenter.inference_precision.reason,
         batching=Batching(max_batch_size=settings.max_batch_size,
                           max_batch_delay_ms=settings.max_batch_delay_ms,
                           max_queue=settings.max_queue,

@@ -134,6 +134,8 @@ const CARD_FIELDS = [
   ["Runtime", (m) => m.runtime && [m.runtime, m.runtime_version].filter(Boolean).join(" ")],
   ["Device", (m) => m.device],
   ["Precision", (m) => m.precision],
+  ["Computes in", (m) => m.inference_precision &&
+    [m.inference_precision, m.inference_precision_reason].filter(Boolean).join(" — ")],
   ["Weights", (m) => m.weights],
   ["Trained", (m) => (m.trained ? "yes" : "no")],
 ];

@@ -2,7 +2,8 @@
 
 ``load_runtime`` is the only way in: the pipeline, the server and the CLI never know
 which engine runs.  Each runtime module has ``load(path, *, warmup_batch_sizes, threads,
-gpu_memory_growth) -> Segmenter`` and imports its engine lazily, inside it; a missing
+gpu_memory_growth, inference_precision) -> Segmenter`` (the last one:
+``model.inference.precision``) and imports its engine lazily, inside it; a missing
 engine package is a ``RuntimeUnavailableError`` that names the pip extra to install.
 
 ``auto`` takes the first runtime, in ``CPU_PREFERENCE`` / ``GPU_PREFERENCE`` order for the
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
 
-from model.inference import formats
+from model.inference import formats, precision
 from model.inference.contract import ModelMetadata, Segmenter
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def require(name: str, format: str) -> Runtime:
 
 def load_runtime(path: str | Path, runtime: str = DEFAULT_RUNTIME, *,
                  warmup_batch_sizes: Iterable[int] = (), threads: int | None = None,
-                 gpu_memory_growth: bool = True) -> Segmenter:
+                 gpu_memory_growth: bool = True,
+                 inference_precision: str = precision.AUTO) -> Segmenter:
     """Loads and warms the model directory ``path`` with ``runtime`` (or the best one).
 
     Args:
@@ -135,13 +137,15 @@ def load_runtime(path: str | Path, runtime: str = DEFAULT_RUNTIME, *,
         warmup_batch_sizes: batch sizes run once at load.
         threads: intra-op CPU threads; None: the runtime's default (every core).
         gpu_memory_growth: TensorFlow allocates GPU memory as needed.
+        inference_precision: ``auto``, ``fp32`` or ``bf16`` (``model.inference.precision``).
 
     Returns:
         a ``Segmenter``.
 
     Raises:
         RuntimeUnavailableError: the runtime is unknown, not installed or cannot load the
-            format (a ``ValueError``: the CLI and the server report it without a traceback).
+            format, or cannot compute in ``inference_precision`` on this CPU (a
+            ``ValueError``: the CLI and the server report it without a traceback).
         ValueError: ``path`` is not an atrous export.
     """
     path = Path(path)
@@ -154,7 +158,8 @@ def load_runtime(path: str | Path, runtime: str = DEFAULT_RUNTIME, *,
     module = importlib.import_module(require(runtime, format).module)
     segmenter = cast(Segmenter, module.load(path, warmup_batch_sizes=warmup_batch_sizes,
                                             threads=threads,
-                                            gpu_memory_growth=gpu_memory_growth))
-    log.info("loaded %s with %s %s on %s", path, segmenter.runtime, segmenter.runtime_version,
-             segmenter.device)
+                                            gpu_memory_growth=gpu_memory_growth,
+                                            inference_precision=inference_precision))
+    log.info("loaded %s with %s %s on %s; inference precision %s", path, segmenter.runtime,
+             segmenter.runtime_version, segmenter.device, segmenter.inference_precision.reason)
     return segmenter

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.inference import formats
+from model.inference import formats, precision
 from model.inference.contract import INPUT_IMAGES, INPUT_SIZES, OUTPUT_LABELS, ModelMetadata
 from model.inference.runtimes.base import check_batch, warm_up
 
@@ -21,16 +21,21 @@ class OnnxRuntimeRunner:
         warmup_batch_sizes: batch sizes run once at load.
         threads: intra-op threads; None lets ONNX Runtime use every core.
         use_gpu: put the session on CUDA (needs the onnxruntime-gpu package).
+        inference_precision: ``auto`` or ``fp32`` (ONNX Runtime computes in the export's own
+            precision: ``model.inference.precision``).
     """
 
     runtime = "onnxruntime"
 
     def __init__(self, path: str | Path, *, warmup_batch_sizes: Iterable[int] = (),
-                 threads: int | None = None, use_gpu: bool = False) -> None:
+                 threads: int | None = None, use_gpu: bool = False,
+                 inference_precision: str = precision.AUTO) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
+        self.inference_precision = precision.choose_precision(inference_precision, self.runtime,
+                                                    self.metadata.precision)
         fmt = formats.detect_format(self.path)
         if fmt != formats.ONNX:
             raise ValueError(f"the onnxruntime runtime loads ONNX exports, and {self.path} is "
@@ -60,9 +65,9 @@ class OnnxRuntimeRunner:
 
 
 def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,
-         gpu_memory_growth: bool) -> OnnxRuntimeRunner:
+         gpu_memory_growth: bool, inference_precision: str) -> OnnxRuntimeRunner:
     from model.inference.runtimes import gpu_visible
 
     del gpu_memory_growth  # ONNX Runtime's CUDA arena grows on demand
     return OnnxRuntimeRunner(path, warmup_batch_sizes=warmup_batch_sizes, threads=threads,
-                             use_gpu=gpu_visible())
+                             use_gpu=gpu_visible(), inference_precision=inference_precision)

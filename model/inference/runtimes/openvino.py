@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model.inference import formats
+from model.inference import formats, precision
 from model.inference.contract import (
     INPUT_IMAGES,
     INPUT_SIZES,
@@ -32,10 +32,10 @@ from model.inference.runtimes.base import check_batch, warm_up
 
 log = logging.getLogger(__name__)
 
-#: Inference precision per exported precision: fp32 is pinned to f32, because OpenVINO
-#: would otherwise compute in bf16 on CPUs with AMX and change labels; a ``bf16`` export
-#: asks for bf16 explicitly.  INT8 layers run in int8 whatever the hint.
-_PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f32"}
+#: OpenVINO's hint per inference precision (``model.inference.precision`` chooses it):
+#: always set, because OpenVINO's own default on a CPU with bf16 units is bf16.  INT8
+#: layers run in int8 whatever the hint; it governs the layers left in float.
+_PRECISION_HINTS = {precision.FP32: "f32", precision.BF16: "bf16"}
 
 #: The nodes an exported argmax may pass through on its way to the labels output.
 _ARGMAX_TAIL = ("Result", "Convert", "Squeeze", "Reshape")
@@ -75,16 +75,21 @@ class OpenVINORunner:
         path: a model directory (``model.xml``, ``model.onnx`` or a SavedModel).
         warmup_batch_sizes: batch sizes run once at load (probabilities: batch 1).
         threads: inference threads; None lets OpenVINO use every core.
+        inference_precision: ``auto`` (bf16 on a CPU with bf16 units), ``fp32`` or ``bf16``
+            (``model.inference.precision``); for the labels and the probabilities alike.
     """
 
     runtime = "openvino"
 
     def __init__(self, path: str | Path, *, warmup_batch_sizes: Iterable[int] = (),
-                 threads: int | None = None) -> None:
+                 threads: int | None = None,
+                 inference_precision: str = precision.AUTO) -> None:
         import openvino as ov
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
+        self.inference_precision = precision.choose_precision(inference_precision, self.runtime,
+                                                    self.metadata.precision)
         self.format = formats.detect_format(self.path)
         core = ov.Core()
         if self.format == formats.SAVEDMODEL:
@@ -93,7 +98,7 @@ class OpenVINORunner:
             model = core.read_model(str(formats.model_file(self.path, self.format)))
         config: dict[str, object] = {
             "PERFORMANCE_HINT": "LATENCY",  # one batch at a time, on every core
-            "INFERENCE_PRECISION_HINT": _PRECISION_HINTS.get(self.metadata.precision, "f32"),
+            "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[self.inference_precision.name],
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -136,6 +141,7 @@ class OpenVINORunner:
 
 
 def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,
-         gpu_memory_growth: bool) -> OpenVINORunner:
+         gpu_memory_growth: bool, inference_precision: str) -> OpenVINORunner:
     del gpu_memory_growth  # CPU only
-    return OpenVINORunner(path, warmup_batch_sizes=warmup_batch_sizes, threads=threads)
+    return OpenVINORunner(path, warmup_batch_sizes=warmup_batch_sizes, threads=threads,
+                          inference_precision=inference_precision)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from model.inference import formats
+from model.inference import formats, precision
 from model.inference.contract import (
     INPUT_IMAGES,
     INPUT_SIZES,
@@ -61,16 +61,21 @@ class SavedModelRunner:
             graph tracing or kernel autotuning.
         gpu_memory_growth: allocate GPU memory as needed rather than all at once.
         threads: intra-op CPU threads; None: TensorFlow's default (every core).
+        inference_precision: ``auto`` or ``fp32`` (TensorFlow computes in the export's own
+            precision: ``model.inference.precision``).
     """
 
     runtime = RUNTIME
 
     def __init__(self, path: str | Path, warmup_batch_sizes: Iterable[int] = (), *,
-                 gpu_memory_growth: bool = True, threads: int | None = None) -> None:
+                 gpu_memory_growth: bool = True, threads: int | None = None,
+                 inference_precision: str = precision.AUTO) -> None:
         import tensorflow as tf
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
+        self.inference_precision = precision.choose_precision(inference_precision, RUNTIME,
+                                                    self.metadata.precision)
         fmt = formats.detect_format(self.path)
         if fmt != formats.SAVEDMODEL:
             raise ValueError(f"the tensorflow runtime loads SavedModels, and {path} is an "
@@ -118,6 +123,6 @@ class SavedModelRunner:
 
 
 def load(path: Path, *, warmup_batch_sizes: Iterable[int], threads: int | None,
-         gpu_memory_growth: bool) -> SavedModelRunner:
+         gpu_memory_growth: bool, inference_precision: str) -> SavedModelRunner:
     return SavedModelRunner(path, warmup_batch_sizes, gpu_memory_growth=gpu_memory_growth,
-                            threads=threads)
+                            threads=threads, inference_precision=inference_precision)
