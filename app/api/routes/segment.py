@@ -114,6 +114,8 @@ async def segment(
     data = await read_image_bytes(request, settings.max_upload_bytes)
     # The work's memory is reserved before decoding: over the budget it waits or is refused.
     size = peek_size(data) or (1, 1)  # unreadable: decoding says why, at no cost
+    if size[0] * size[1] > settings.max_image_pixels:
+        size = (1, 1)  # decoding refuses it (413 image_too_large) before any work
     estimate = working_bytes(size, metadata.input_size, metadata.num_classes, options, output,
                              batch_size=settings.max_batch_size,
                              max_model_pixels=settings.max_inference_pixels,
