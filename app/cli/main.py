@@ -10,11 +10,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from app.cli import bench, data, eval, export, segment, serve, train, weights
+from app.cli import bench, data, eval, export, segment, segment_dataset, serve, train, weights
 
 DESCRIPTION = "atrous: DeepLab-style semantic segmentation (serve, export, segment, ...)"
 # A new command is a module with add_parser(commands) and one entry here.
-COMMANDS = (serve, export, segment, weights, bench, train, eval, data)
+COMMANDS = (serve, export, segment, segment_dataset, weights, bench, train, eval, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,7 +78,6 @@ def _options(args: argparse.Namespace, labels: Sequence[str]) -> Any:
 def _local_segmenter(args: argparse.Namespace) -> Segment:
     from app.settings import Settings
     from model.inference import pipeline
-    from model.inference.probabilities import filter_mask
     from model.inference.runtimes import load_runtime
 
     if args.model:
@@ -96,9 +95,10 @@ def _local_segmenter(args: argparse.Namespace) -> Segment:
     args.labels = segmenter.metadata.labels
     options = _options(args, args.labels)
     output = pipeline.OutputFormat(args.format)
-    if not pipeline.needs_group(options, output):  # DeepLab's exact single pass
-        return lambda images: [filter_mask(mask, options.classes)
-                               for mask in pipeline.segment_images(segmenter, images)]
+    if output in (pipeline.OutputFormat.png, pipeline.OutputFormat.overlay):
+        # The masks segment-dataset writes too (app.batch): one function for both.
+        return lambda images: pipeline.segment_masks(segmenter, images, options,
+                                                     batch_size=args.batch_size)
 
     def segment(images: list[Any]) -> list[Any]:
         results = []

@@ -280,3 +280,25 @@ def segment_images(segmenter: Segmenter, images: Sequence[Image.Image]) -> list[
     prepared = [prepare(image, size) for image in images]
     return [restore(labels, p) for labels, p in zip(run(segmenter, prepared), prepared,
                                                      strict=True)]
+
+
+def segment_masks(segmenter: Segmenter, images: Sequence[Image.Image], options: InferenceOptions,
+                  *, batch_size: int = 8) -> list[np.ndarray]:
+    """The class-id masks ``atrous segment`` and ``atrous segment-dataset`` write as PNGs.
+
+    The single pass (DeepLab's) is one model call for the whole list; tiling, scales or
+    flip take the probabilities path, image by image, ``batch_size`` inputs at a time.
+    ``options.classes`` applies on both.
+
+    Returns:
+        one uint8 [height, width] mask per image, at the image's own size.
+    """
+    if options.single_pass:
+        return [probability_outputs.filter_mask(mask, options.classes)
+                for mask in segment_images(segmenter, images)]
+    masks = []
+    for image in images:
+        group = prepare_group(image, segmenter.metadata.input_size, options)
+        probabilities = run_group(segmenter, group, batch_size=batch_size)
+        masks.append(resolve_group(probabilities, group, options).mask)
+    return masks
