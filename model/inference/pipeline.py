@@ -297,8 +297,7 @@ def segment_masks(segmenter: Segmenter, images: Sequence[Image.Image], options: 
         return [probability_outputs.filter_mask(mask, options.classes)
                 for mask in segment_images(segmenter, images)]
     masks = []
-    for image in images:
+    for image in images:  # each batch's probabilities are blended in at once (bounded memory)
         group = prepare_group(image, segmenter.metadata.input_size, options)
-        probabilities = run_group(segmenter, group, batch_size=batch_size)
-        masks.append(resolve_group(probabilities, group, options).mask)
+        masks.append(segment_group(segmenter, group, options, batch_size=batch_size).mask)
     return masks
