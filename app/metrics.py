@@ -36,3 +36,8 @@ class Metrics:
         self.rejections = Counter("atrous_rejections", "Requests refused or dropped, by reason",
                                   ["reason"], registry=r)
         self.ready = Gauge("atrous_ready", "1 when the model is loaded and warmed", registry=r)
+        self.memory_budget = Gauge("atrous_memory_budget_bytes", "Estimated bytes of work the "
+                                   "server admits at once (ATROUS_MEMORY_BUDGET_MB)", registry=r)
+        self.memory_in_use = Gauge("atrous_memory_budget_in_use_bytes", "Estimated bytes of "
+                                   "work admitted now (requests decoding, queued or running)",
+                                   registry=r)

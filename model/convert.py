@@ -15,15 +15,13 @@ Both INT8 paths were measured (benchmarks/RESULTS.md, "Runtimes"); the docs
 
 import dataclasses
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model import atomic
 from model.inference import formats, imaging, preprocessing
 from model.inference.contract import INPUT_IMAGES, INPUT_SIZES, SIGNATURE_NAME, ModelMetadata
 
@@ -133,9 +131,7 @@ def convert_model(source: str | Path, out_dir: str | Path, format: str, *,
         require("openvino", *(["nncf"] if int8 else []))
     else:
         require(*converter, "onnx", *(["onnxruntime"] if int8 else []))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic.staging_directory(out_dir, overwrite=overwrite) as staging:
         if format == formats.OPENVINO:
             _to_openvino(source, staging, files, metadata.input_size)
         else:
@@ -143,12 +139,6 @@ def convert_model(source: str | Path, out_dir: str | Path, format: str, *,
         converted = dataclasses.replace(metadata, format=format,
                                         precision="int8" if int8 else metadata.precision)
         converted.write(staging)
-        if overwrite and out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("wrote %s (%s%s) from %s", out_dir, format, ", int8" if int8 else "", source)
     return converted
 

@@ -11,9 +11,11 @@ Our exception hierarchy::
         ├── PayloadTooLargeError         413  payload_too_large, image_too_large
         ├── UnsupportedMediaTypeError    415  unsupported_media_type
         ├── UnprocessableEntityError     422  missing_image, validation_error
-        ├── ServiceUnavailableError      503  not_ready, queue_full          (retried)
+        ├── ServiceUnavailableError      503  not_ready, queue_full,
+        │                                     memory_busy                    (retried)
         ├── GatewayTimeoutError          504  timeout                        (retried)
-        └── InternalServerError          other >= 500, e.g. internal_error
+        └── InternalServerError          other >= 500, e.g. internal_error,
+                                              inference_failed
 
 Other statuses (404, 405, 429, ...) raise a plain ``APIStatusError``; 429 is retried.
 ``AtrousError`` itself is raised when a 2xx response cannot be decoded (not a PNG, bad JSON).
