@@ -17,14 +17,19 @@ nothing of HTTP: its errors are its own (``BatcherError``), mapped by the API la
 * ``submit_group`` queues the tiles of one image (tiling, test-time augmentation) all at
   once or not at all: they fill batches like any image, share one deadline, and a queue
   without room for all of them refuses the group before any tile runs.  Such inputs ask
-  for class probabilities: a batch is run once per kind of output its items want.
+  for class probabilities: a batch is run once per kind of output its items want.  With
+  ``consume``, each result is handed on in input order as it arrives and then dropped,
+  so a request never holds every tile's output at once.
+* A model call that raises fails only its batch: each of its images gets a
+  ``ModelCallFailed`` (the runtime's error as its cause).  ``busy_for`` tells how long the
+  current call has run, so that the service can notice a hung model thread.
 """
 
 import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -55,6 +60,10 @@ class DeadlineExceeded(BatcherError):
     """The image's deadline passed before its result."""
 
 
+class ModelCallFailed(BatcherError):
+    """The model call that held this image raised (the runtime's error is the cause)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchResult:
     """One image's model output and where its time went."""
@@ -67,6 +76,10 @@ class BatchResult:
     @property
     def labels(self) -> np.ndarray:
         return self.output
+
+
+_NO_OUTPUT = np.zeros((0,), np.float32)
+Consume = Callable[[int, BatchResult], Awaitable[None]]
 
 
 @dataclasses.dataclass(eq=False)
@@ -112,6 +125,7 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
+        self._call_started: float | None = None
 
     @property
     def running(self) -> bool:
@@ -121,6 +135,12 @@ class Batcher:
     def depth(self) -> int:
         """Images waiting in the queue (not counting the batch on the model)."""
         return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def busy_for(self) -> float | None:
+        """Seconds the model call in progress has run; None between calls."""
+        started = self._call_started
+        return None if started is None else time.monotonic() - started
 
     @property
     def full(self) -> bool:
@@ -192,12 +212,15 @@ class Batcher:
             raise DeadlineExceeded(f"no result within {timeout:g} s") from None
 
     async def submit_group(self, images: np.ndarray, sizes: np.ndarray, *, timeout: float,
-                           kind: str = PROBABILITIES) -> list[BatchResult]:
+                           kind: str = PROBABILITIES,
+                           consume: Consume | None = None) -> list[BatchResult]:
         """Queues several inputs of one request (an image's tiles) together; waits for all.
 
         All or nothing: when the queue cannot take every input now, ``QueueFull`` is
         raised before any is queued.  One ``timeout`` covers them all; if one fails, or the
-        caller leaves, the others are cancelled (the worker skips them).
+        caller leaves, the others are cancelled (the worker skips them).  With ``consume``,
+        ``await consume(index, result)`` runs for each input in order as its result
+        arrives, and the results returned carry no output (it was handed on, then freed).
 
         Raises:
             the errors of ``submit``, and ``ValueError`` for a ``kind`` the model lacks.
@@ -217,15 +240,32 @@ class Batcher:
         for item in items:  # no await in between: nobody else can take the free slots
             self._queue.put_nowait(item)
         self._set_depth()
+        futures: list[asyncio.Future[BatchResult]] = [item.future for item in items]
+        del items
         try:
             async with asyncio.timeout(timeout):
-                return list(await asyncio.gather(*(item.future for item in items)))
+                if consume is None:
+                    return list(await asyncio.gather(*futures))
+                return [await self._hand_on(futures, index, consume)
+                        for index in range(len(futures))]
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {timeout:g} s") from None
         finally:
-            for item in items:
-                if not item.future.done():
-                    item.future.cancel()
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+
+    @staticmethod
+    async def _hand_on(futures: list[asyncio.Future[BatchResult]], index: int,
+                       consume: Consume) -> BatchResult:
+        """Awaits result ``index``, hands it to ``consume``, keeps only its timings."""
+        result = await futures[index]
+        # A settled stand-in: the finally above skips it, and the tile's output is freed.
+        done: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        done.set_result(dataclasses.replace(result, output=_NO_OUTPUT))
+        futures[index] = done
+        await consume(index, result)
+        return done.result()
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -245,7 +285,7 @@ class Batcher:
                 log.exception("batcher: unexpected error")
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(RuntimeError("batch failed"))
+                        item.future.set_exception(ModelCallFailed("batch failed"))
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -295,7 +335,12 @@ class Batcher:
             self._metrics.model_inputs.labels(output=kind).inc(len(live))
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(self._executor, self._call, images, sizes, model)
+        self._call_started = started
+        try:
+            outcomes = await loop.run_in_executor(self._executor, self._call, images, sizes,
+                                                  model)
+        finally:
+            self._call_started = None
         inference_s = time.monotonic() - started
         for item, outcome in zip(live, outcomes, strict=True):
             if item.future.done():  # the caller left while the model ran
@@ -316,19 +361,27 @@ class Batcher:
         except self._oom_errors as e:
             if count == 1:
                 log.error("batcher: out of memory on a single image: %s", e)
-                return [e]
+                return [_failed("the model ran out of memory on this image", e)]
             half = count // 2
             log.warning("batcher: out of memory on a batch of %d, retrying in halves", count)
             return (self._call(images[:half], sizes[:half], model)
                     + self._call(images[half:], sizes[half:], model))
         except Exception as e:  # noqa: BLE001 - every caller gets the batch's error
-            log.error("batcher: model call failed: %r", e)
-            return [e] * count
+            log.error("batcher: model call failed: %r", e, exc_info=e)
+            return [_failed(f"the model call for a batch of {count} failed", e)
+                    for _ in range(count)]
         if len(labels) != count:
-            error = RuntimeError(f"the model returned {len(labels)} results for {count} images")
+            error = ModelCallFailed(f"the model returned {len(labels)} results for {count} "
+                                    "images")
             return [error] * count
         return list(labels)
 
     def _set_depth(self) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.set(self.depth)
+
+
+def _failed(message: str, cause: BaseException) -> ModelCallFailed:
+    error = ModelCallFailed(message)
+    error.__cause__ = cause
+    return error

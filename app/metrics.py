@@ -39,3 +39,8 @@ class Metrics:
         self.model_loads = Counter("atrous_model_loads", "Model version loads by model and "
                                    "outcome: available or failed", ["model", "outcome"],
                                    registry=r)
+        self.memory_budget = Gauge("atrous_memory_budget_bytes", "Estimated bytes of work the "
+                                   "server admits at once (ATROUS_MEMORY_BUDGET_MB)", registry=r)
+        self.memory_in_use = Gauge("atrous_memory_budget_in_use_bytes", "Estimated bytes of "
+                                   "work admitted now (requests decoding, queued or running)",
+                                   registry=r)

@@ -4,11 +4,18 @@ Loading (export, load, warm-up) runs in a background thread started by the lifes
 so that the server answers ``/healthz`` (200) and ``/readyz`` (503) while it happens.
 A SIGTERM flips the state to draining before uvicorn stops accepting, so ``/readyz``
 turns 503 at once and new ``/segment`` requests are refused while in-flight ones finish.
+
+Once ready, a watchdog checks the inference worker: if it has died, or a model call has
+run past the request timeout (a hung runtime), the service turns failed (``/readyz``
+503), refuses new work and the process exits with ``EXIT_WORKER_LOST`` for its supervisor
+to restart it, instead of accepting work it cannot do.  ``budget`` is the memory budget
+requests reserve their work from (``app.budget``).
 """
 
 import asyncio
 import enum
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,8 +26,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from app import faults
 from app.api.errors import NotReadyError
 from app.batcher import Batcher
+from app.budget import MemoryBudget
 from app.loader import LoadedModel, load_segmenter
 from app.metrics import Metrics
 from app.settings import Settings
@@ -30,6 +39,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Loader = Callable[[Settings], LoadedModel]
+
+#: Exit status when the inference worker died or hung (EX_SOFTWARE): restart me.
+EXIT_WORKER_LOST = 70
+#: Seconds between watchdog checks, and from a lost worker to the hard exit (time for
+#: /readyz to answer 503 and for uvicorn to answer the requests it can).
+WATCHDOG_INTERVAL_S = 0.5
+EXIT_GRACE_S = 2.0
 
 
 class Phase(enum.Enum):
@@ -43,9 +59,13 @@ class Service:
     """Holds what the routes need; one per app, created by ``create_app``."""
 
     def __init__(self, settings: Settings, loader: Loader = load_segmenter, *,
-                 handle_signals: bool = True) -> None:
+                 handle_signals: bool = True, exit_on_lost_worker: bool | None = None) -> None:
         self.settings = settings
         self._handle_signals = handle_signals
+        # A model version's service (app.repository) chains no signals of its own, but in a
+        # server process a lost worker must still end the process.
+        self._exit_on_lost_worker = (handle_signals if exit_on_lost_worker is None
+                                     else exit_on_lost_worker)
         self.metrics = Metrics(settings.max_batch_size)
         self.phase = Phase.LOADING
         self.loaded: LoadedModel | None = None
@@ -56,6 +76,10 @@ class Service:
         self._limiter = anyio.CapacityLimiter(settings.decode_concurrency)
         self._previous_handlers: dict[int, Any] = {}
         self.failure: BaseException | None = None
+        self.metrics.memory_budget.set(settings.memory_budget_bytes)
+        self.budget = MemoryBudget(settings.memory_budget_bytes, self.metrics.memory_in_use)
+        self._watchdog: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -66,7 +90,9 @@ class Service:
     def not_ready(self) -> NotReadyError:
         reason = {Phase.LOADING: "the model is loading and warming up",
                   Phase.DRAINING: "the server is shutting down",
-                  Phase.FAILED: "the model failed to load"}.get(self.phase, "not ready")
+                  Phase.FAILED: "the model failed to load" if self.loaded is None
+                  else "the inference worker failed; the server is restarting"
+                  }.get(self.phase, "not ready")
         return NotReadyError(reason, retry_after=self.settings.retry_after_s)
 
     def require_ready(self) -> Batcher:
@@ -87,12 +113,15 @@ class Service:
     async def _load(self) -> None:
         try:
             loaded = await _in_daemon_thread(self._loader, self.settings)
-            batcher = Batcher(loaded.segmenter, max_batch_size=self.settings.max_batch_size,
+            labels, probabilities = faults.inject(self.settings.test_fault, loaded.segmenter,
+                                                  probabilities_of(loaded.segmenter))
+            assert labels is not None
+            batcher = Batcher(labels, max_batch_size=self.settings.max_batch_size,
                               max_delay_s=self.settings.max_batch_delay_ms / 1000,
                               max_queue=self.settings.max_queue,
                               oom_errors=loaded.segmenter.oom_errors,
                               metrics=self.metrics,
-                              probabilities=probabilities_of(loaded.segmenter))
+                              probabilities=probabilities)
             await batcher.start()
         except Exception as e:  # noqa: BLE001 - reported, then the process stops
             self.failure = e
@@ -107,12 +136,41 @@ class Service:
             log.info("ready: %s with %s on %s, %.1f s after start", loaded.path,
                      loaded.segmenter.runtime, loaded.segmenter.device,
                      time.monotonic() - self.started_at)
+            self._watchdog = asyncio.create_task(self._watch_worker(batcher),
+                                                 name="atrous-watchdog")
+
+    async def _watch_worker(self, batcher: Batcher) -> None:
+        """Fails the service if the batcher's worker died or a model call hangs."""
+        limit = self.settings.request_timeout_s
+        while self.phase in (Phase.READY, Phase.DRAINING):
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            busy = batcher.busy_for
+            if self.phase is Phase.READY and not batcher.running:
+                self._lose_worker("the inference worker stopped")
+            elif busy is not None and busy > limit:
+                self._lose_worker(f"a model call has run {busy:.1f} s, past the request "
+                                  f"timeout ({limit:g} s): the runtime is hung")
+
+    def _lose_worker(self, reason: str) -> None:
+        """Not ready (queued work refused with 503 now), then a hard exit after a grace
+        period in which ``/readyz`` answers 503: a hung model thread cannot be stopped,
+        and would keep the interpreter from ever exiting on its own."""
+        log.critical("%s; exiting with status %d for a restart", reason, EXIT_WORKER_LOST)
+        self.failure = RuntimeError(reason)
+        self.phase = Phase.FAILED
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            self._stopping = asyncio.create_task(self.batcher.stop(timeout=0))
+        if self._exit_on_lost_worker:  # a server process, not an in-process test client
+            threading.Timer(EXIT_GRACE_S, os._exit, (EXIT_WORKER_LOST,)).start()
 
     async def stop(self) -> None:
         """Drains the batcher (up to the grace period) and releases the model."""
         self.mark_draining()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.batcher is not None:
             await self.batcher.stop(timeout=self.settings.shutdown_grace_s)
         self._restore_signal_handlers()

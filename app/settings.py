@@ -111,6 +111,16 @@ class Settings(BaseSettings):
         "scales and flips) one image may need with tiling/scales/flip; beyond it: 413")
     tile_max_side: int = Field(
         2049, ge=33, description="tiling downscales an image whose shorter side is longer")
+    memory_budget_mb: int | None = Field(
+        None, ge=1, description="estimated MB of request work admitted at once; beyond it a "
+        "request waits, then gets 503 memory_busy (unset: half the container's memory limit, "
+        "or of the RAM)")
+
+    # Fault injection, for the reliability tests only (tests/reliability): "raise@N" makes
+    # the N-th model call raise, "hang@N" makes it never return. Never set it in production.
+    test_fault: str | None = Field(
+        None, pattern=r"^(raise|hang)@[1-9][0-9]*$",
+        description="tests only: raise@N or hang@N (the N-th model call fails or hangs)")
 
     # Access control. No keys (the default): every route is open.
     api_keys: SecretStr | None = Field(
@@ -219,6 +229,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"ATROUS_API_KEYS_FILE ({self.api_keys_file}) holds no key")
             keys += from_file
         return tuple(dict.fromkeys(key.encode("ascii") for key in keys))
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        """The memory budget in bytes (``app.budget``: explicit, or the default share)."""
+        from app.budget import MB, default_budget_bytes
+
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb * MB
+        return default_budget_bytes()
 
     @property
     def accepted_api_keys(self) -> tuple[bytes, ...]:

@@ -213,7 +213,8 @@ def main() -> None:
                 row["agreement_with_savedmodel_fp32"]["all_pixels"] >= MIN_AGREEMENT
                 and reference["miou"] - row["miou"] <= MAX_MIOU_LOSS)
     results = {
-        "command": "python benchmarks/int8_miou.py" + (f" --run {args.run}" if args.run else ""),
+        "command": "python benchmarks/int8_miou.py" + (f" --run {args.run}" if args.run else "")
+                   + (" --precision" if args.precision else ""),
         "machine": {"cpu": cpu(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg()},
         "versions": versions(),

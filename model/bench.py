@@ -9,13 +9,13 @@ runs of the output op.  Two settings:
 """
 
 import dataclasses
-import math
 import time
 
 import tensorflow as tf
 from tqdm import tqdm
 
 from model.config import ModelConfig
+from model.inference.timing import mean_and_sd
 from model.nets import network
 
 
@@ -87,8 +87,7 @@ def time_forward(setting: str, batch_size: int, *, num_batches: int = 20, burn_i
                 session.run(output.op)
                 if step >= burn_in:
                     durations.append(time.perf_counter() - start)
-    mean = sum(durations) / len(durations)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in durations) / len(durations))
+    mean, sd = mean_and_sd(durations)
     return BenchResult(setting, backbone, size, batch_size, precision, xla, device, mean, sd,
                        num_batches)
 

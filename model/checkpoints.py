@@ -82,13 +82,47 @@ class RestoreReport:
         return self.head_restored
 
 
+def checkpoints_newest_first(directory: str | Path) -> list[str]:
+    """The checkpoints TensorFlow's ``checkpoint`` pointer lists in ``directory``, newest
+    first, keeping only those whose index reads and whose data files are all there (a
+    process killed mid-save, or a full disk, can leave a torn one: it is skipped)."""
+    state = tf.train.get_checkpoint_state(str(directory))
+    if state is None:
+        return []
+    listed = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path and state.model_checkpoint_path not in listed:
+        listed.append(state.model_checkpoint_path)
+    found = []
+    for name in reversed(listed):
+        prefix = name if Path(name).is_absolute() else str(Path(directory) / name)
+        if _looks_complete(prefix):
+            found.append(prefix)
+        else:
+            log.warning("skipping the incomplete checkpoint %s", prefix)
+    return found
+
+
+def _looks_complete(prefix: str) -> bool:
+    """The index parses and lists variables, and every data shard it names exists."""
+    try:
+        if not tf.train.load_checkpoint(prefix).get_variable_to_shape_map():
+            return False
+    except (tf.errors.OpError, ValueError):
+        return False
+    shards = list(Path(prefix).parent.glob(Path(prefix).name + ".data-*-of-*"))
+    if not shards:
+        return False
+    total = int(shards[0].name.rsplit("-of-", 1)[1])
+    return len(shards) == total and all(shard.stat().st_size > 0 for shard in shards)
+
+
 def resolve_checkpoint(path: str | Path) -> str:
     """Turns a directory, a V2 prefix, an ``.index`` file or a V1 file into a readable path."""
     path = Path(path).expanduser()
     if path.is_dir():
-        latest = tf.train.latest_checkpoint(str(path))
-        if latest:
-            return latest
+        complete = checkpoints_newest_first(path)
+        if complete:
+            return complete[0]
         candidates = sorted(path.glob("*.ckpt")) + sorted(
             p.with_suffix("") for p in path.glob("*.index"))
         if len(candidates) != 1:

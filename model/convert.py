@@ -15,14 +15,13 @@ Both INT8 paths were measured (benchmarks/RESULTS.md, "Runtimes"); the docs
 
 import dataclasses
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from model import atomic
 from model.inference import formats, imaging, preprocessing
 from model.inference.contract import INPUT_IMAGES, INPUT_SIZES, SIGNATURE_NAME, ModelMetadata
 
@@ -132,9 +131,7 @@ def convert_model(source: str | Path, out_dir: str | Path, format: str, *,
         require("openvino", *(["nncf"] if int8 else []))
     else:
         require(*converter, "onnx", *(["onnxruntime"] if int8 else []))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic.staging_directory(out_dir, overwrite=overwrite) as staging:
         if format == formats.OPENVINO:
             _to_openvino(source, staging, files, metadata.input_size)
         else:
@@ -142,12 +139,6 @@ def convert_model(source: str | Path, out_dir: str | Path, format: str, *,
         converted = dataclasses.replace(metadata, format=format,
                                         precision="int8" if int8 else metadata.precision)
         converted.write(staging)
-        if overwrite and out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("wrote %s (%s%s) from %s", out_dir, format, ", int8" if int8 else "", source)
     return converted
 
@@ -184,25 +175,32 @@ def _to_onnx(source: Path, out: Path, calibration: list[Path], input_size: int) 
 
 
 def _tf2onnx(saved_model: Path, out: Path) -> None:
-    """What ``python -m tf2onnx.convert --saved-model`` does, in this process (TensorFlow
-    is already imported here; a child process would pay for importing it again)."""
+    """The SavedModel's serving signature as ONNX, through tf2onnx's public Python API.
+
+    tf2onnx 1.17 has no public ``from_saved_model`` (only its command line reads SavedModels,
+    and a child process would import TensorFlow again); ``from_function`` converts the
+    loaded signature wrapped in a ``tf.function`` of the same inputs, and names the ONNX
+    inputs and outputs after the signature's (``images``, ``sizes`` -> ``labels``).
+    """
     import tensorflow as tf
-    from tf2onnx import convert, tf_loader
+    from tf2onnx import convert
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # a line per folded node
     try:
-        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-            str(saved_model), None, None, signatures=[SIGNATURE_NAME],
-            return_initialized_tables=True, return_tensors_to_rename=True)
+        loaded = tf.saved_model.load(str(saved_model))  # owns the variables: keep it alive
+        signature = loaded.signatures[SIGNATURE_NAME]
+        _, specs = signature.structured_input_signature
+        inputs = [specs[INPUT_IMAGES], specs[INPUT_SIZES]]
+
+        @tf.function(input_signature=inputs)
+        def serve(images: Any, sizes: Any) -> Any:
+            return signature(**{INPUT_IMAGES: images, INPUT_SIZES: sizes})
+
         with tf.device("/cpu:0"):
-            convert._convert_common(graph_def, name=str(saved_model), opset=ONNX_OPSET,
-                                    input_names=inputs, output_names=outputs,
-                                    tensors_to_rename=renames, initialized_tables=tables,
-                                    output_path=str(out))
+            convert.from_function(serve, input_signature=inputs, opset=ONNX_OPSET,
+                                  output_path=str(out))
     except Exception as e:  # tf2onnx raises anything from its many handlers
         raise ConversionError(f"tf2onnx failed on {saved_model}: {e}") from e
-    finally:
-        tf.compat.v1.reset_default_graph()
 
 
 def _quantize_onnx(fp32: Path, out: Path, calibration: list[Path], input_size: int) -> None:

@@ -9,15 +9,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import tensorflow as tf
 
-from model import checkpoints
+from model import atomic, checkpoints
 from model.config import ModelConfig
 from model.inference.contract import (
     INPUT_IMAGES,
@@ -81,37 +79,34 @@ def export_saved_model(config: ModelConfig, out_dir: str | Path, *,
                 if not trained:
                     warnings.warn(f"{report.checkpoint} has no segmentation head: the head is "
                                   "randomly initialised", UntrainedModelWarning, stacklevel=2)
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-            staging.rmdir()  # the builder insists on creating the directory itself
-            builder = tf.compat.v1.saved_model.Builder(str(staging))
-            inputs = {INPUT_IMAGES: images, INPUT_SIZES: sizes}
-            signatures = {
-                SIGNATURE_NAME: tf.compat.v1.saved_model.predict_signature_def(
-                    inputs=inputs, outputs={OUTPUT_LABELS: labels}),
-                PROBABILITIES_SIGNATURE: tf.compat.v1.saved_model.predict_signature_def(
-                    inputs=inputs, outputs={OUTPUT_PROBABILITIES: probabilities}),
-            }
-            builder.add_meta_graph_and_variables(
-                session, [tf.saved_model.SERVING],
-                signature_def_map=signatures, strip_default_attrs=True)
-            builder.save()
-    metadata = ModelMetadata(
-        backbone=config.backbone, output_stride=config.output_stride,
-        num_classes=config.num_classes, head=config.head, input_size=config.input_size,
-        precision=config.precision, trained=trained, weights=weights,
-        labels=tuple(class_labels(config.num_classes)),
-        colors=tuple((int(r), int(g), int(b)) for r, g, b in voc_colormap(config.num_classes)),
-        tensorflow_version=tf.__version__,
-    )
-    metadata.write(staging)
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    try:
-        os.rename(staging, out_dir)  # atomic: readers see a whole export or none
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise FileExistsError(f"{out_dir} appeared while exporting") from None
+            # Built under a temporary name, renamed when whole: a reader (or a server
+            # restarted after a kill) sees the whole export or none; a process that loses
+            # a race to the same directory discards its copy (FileExistsError).
+            with atomic.staging_directory(out_dir, overwrite=overwrite) as staging:
+                staging.rmdir()  # the builder insists on creating the directory itself
+                builder = tf.compat.v1.saved_model.Builder(str(staging))
+                inputs = {INPUT_IMAGES: images, INPUT_SIZES: sizes}
+                signatures = {
+                    SIGNATURE_NAME: tf.compat.v1.saved_model.predict_signature_def(
+                        inputs=inputs, outputs={OUTPUT_LABELS: labels}),
+                    PROBABILITIES_SIGNATURE: tf.compat.v1.saved_model.predict_signature_def(
+                        inputs=inputs, outputs={OUTPUT_PROBABILITIES: probabilities}),
+                }
+                builder.add_meta_graph_and_variables(
+                    session, [tf.saved_model.SERVING],
+                    signature_def_map=signatures, strip_default_attrs=True)
+                builder.save()
+                metadata = ModelMetadata(
+                    backbone=config.backbone, output_stride=config.output_stride,
+                    num_classes=config.num_classes, head=config.head,
+                    input_size=config.input_size, precision=config.precision,
+                    trained=trained, weights=weights,
+                    labels=tuple(class_labels(config.num_classes)),
+                    colors=tuple((int(r), int(g), int(b))
+                                 for r, g, b in voc_colormap(config.num_classes)),
+                    tensorflow_version=tf.__version__,
+                )
+                metadata.write(staging)  # last: its presence marks a complete export
     log.info("exported %s to %s", config.backbone, out_dir)
     return metadata
 
@@ -132,15 +127,28 @@ def cache_key(config: ModelConfig, checkpoint: str | Path | None) -> str:
 
 def cached_export(config: ModelConfig, cache_dir: str | Path, *,
                   checkpoint: str | Path | None = None) -> Path:
-    """Exports once per (config, checkpoint) into ``cache_dir`` and reuses it."""
+    """Exports once per (config, checkpoint) into ``cache_dir`` and reuses it.
+
+    Safe against interruption and concurrency: an export is built in a temporary
+    directory and renamed into the cache when complete, so a process killed mid-export
+    leaves only a temporary directory (ignored, removed once stale) and the next start
+    exports again; two processes exporting at once both build, the first rename wins and
+    the other discards its copy and loads the winner's.
+    """
     target = Path(cache_dir).expanduser() / cache_key(config, checkpoint)
+    atomic.remove_stale_staging(target)
     try:
         ModelMetadata.read(target)
         log.info("using cached SavedModel %s", target)
         return target
     except ValueError:
-        if target.exists():  # an interrupted export from an older version: replace it
-            shutil.rmtree(target, ignore_errors=True)
+        if target.exists():
+            try:  # another process may have renamed its finished export here just now
+                ModelMetadata.read(target)
+                return target
+            except ValueError:  # an interrupted export of an older version: replace it
+                log.warning("ignoring the incomplete export %s: exporting again", target)
+                shutil.rmtree(target, ignore_errors=True)
     try:
         export_saved_model(config, target, checkpoint=checkpoint)
     except FileExistsError:

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import batcher
+from app import batcher, budget
 from app.context import REQUEST_ID_HEADER, request_id_of
 from model.inference import augmented, imaging
 
@@ -41,6 +41,11 @@ class AtrousError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+# One small class per error, alike on purpose (a table spelled as classes): routes raise
+# them by name, ``except`` clauses catch them by type, and each line reads as a row of the
+# error table in docs/http-api.md.  A generated table would hide them from both.
 
 
 class EmptyBodyError(AtrousError):
@@ -129,12 +134,24 @@ class QueueFullError(AtrousError):
     status, code, default_message = 503, "queue_full", "the server is busy; retry later"
 
 
+class MemoryBusyError(AtrousError):
+    status, code = 503, "memory_busy"
+    default_message = "the server's memory budget is in use; retry later"
+
+
 class RequestTimeoutError(AtrousError):
     status, code, default_message = 504, "timeout", "the request deadline passed"
 
 
 class InternalError(AtrousError):
     """A failure that is not the client's: the message never says more than this."""
+
+
+class InferenceFailedError(AtrousError):
+    """The runtime failed on this request's batch (the cause is logged, never sent)."""
+
+    status, code = 500, "inference_failed"
+    default_message = "the model failed on this request's batch; retrying may succeed"
 
 
 # Lower layers' errors -> the HTTP error a request ends in (the message is kept).
@@ -146,7 +163,13 @@ HTTP_ERRORS: dict[type[Exception], type[AtrousError]] = {
     batcher.QueueFull: QueueFullError,
     batcher.BatcherStopped: NotReadyError,
     batcher.DeadlineExceeded: RequestTimeoutError,
+    batcher.ModelCallFailed: InferenceFailedError,
+    budget.BudgetBusy: MemoryBusyError,
+    budget.OverBudget: TooMuchWorkError,
 }
+
+# Errors whose message may carry internals (a runtime's error text): the default is sent.
+_PRIVATE_MESSAGES = (batcher.ModelCallFailed,)
 
 
 def as_http_error(error: Exception, retry_after_s: int | None = None) -> AtrousError:
@@ -155,7 +178,8 @@ def as_http_error(error: Exception, retry_after_s: int | None = None) -> AtrousE
         if kind in HTTP_ERRORS:
             http_error = HTTP_ERRORS[kind]
             retry = retry_after_s if http_error.status == 503 else None
-            return http_error(str(error) or None, retry_after=retry)
+            message = None if isinstance(error, _PRIVATE_MESSAGES) else str(error) or None
+            return http_error(message, retry_after=retry)
     return InternalError()
 
 
@@ -193,10 +217,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(imaging.ImageError)
     @app.exception_handler(batcher.BatcherError)
+    @app.exception_handler(budget.BudgetError)
     async def _lower(request: Request, exc: Exception) -> JSONResponse:
         settings = getattr(request.app.state, "settings", None)
         error = as_http_error(exc, settings.retry_after_s if settings else None)
         _count_rejection(request, error.code)
+        if error.status >= 500 and error.status != 503:  # ours, not the load's: log why
+            log.error("%s in %s %s (request %s)", error.code, request.method, request.url.path,
+                      request_id_of(request.scope), exc_info=exc)
         return error_response(error, request_id_of(request.scope),
                               protocol_v2=speaks_protocol_v2(request))
 

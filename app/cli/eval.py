@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
           f"{' + flip' if args.flip else ''}, {_described(segmenter)}")
     print(result.confusion.table(list(segmenter.metadata.labels)))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(
+        from model.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(
             dict(result.to_dict(), per_class_iou=result.confusion.to_dict(
                 list(segmenter.metadata.labels))["per_class_iou"],
                  model=_described_dict(segmenter)), indent=2) + "\n")

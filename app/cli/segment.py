@@ -87,7 +87,6 @@ def _options(args: argparse.Namespace, labels: Sequence[str]) -> Any:
 def _local_segmenter(args: argparse.Namespace) -> Segment:
     from app.settings import Settings
     from model.inference import pipeline
-    from model.inference.probabilities import filter_mask
     from model.inference.runtimes import load_runtime
 
     if args.model:
@@ -105,17 +104,19 @@ def _local_segmenter(args: argparse.Namespace) -> Segment:
     args.labels = segmenter.metadata.labels
     options = _options(args, args.labels)
     output = pipeline.OutputFormat(args.format)
-    if not pipeline.needs_group(options, output):  # DeepLab's exact single pass
-        return lambda images: [filter_mask(mask, options.classes)
-                               for mask in pipeline.segment_images(segmenter, images)]
+    if output in (pipeline.OutputFormat.png, pipeline.OutputFormat.overlay):
+        # The masks segment-dataset writes too (app.batch): one function for both.
+        return lambda images: pipeline.segment_masks(segmenter, images, options,
+                                                     batch_size=args.batch_size)
 
     def segment(images: list[Any]) -> list[Any]:
         results = []
         for image in images:
             group = pipeline.prepare_group(image, segmenter.metadata.input_size, options)
-            probabilities = pipeline.run_group(segmenter, group, batch_size=args.batch_size)
-            results.append(pipeline.resolve_group(
-                probabilities, group, options, with_planes=output.value == "probabilities"))
+            # Each batch's probabilities are blended in at once: memory follows the output.
+            results.append(pipeline.segment_group(
+                segmenter, group, options, batch_size=args.batch_size,
+                with_planes=output.value == "probabilities"))
         return results
 
     return segment
@@ -176,6 +177,7 @@ def _segment_files(args: argparse.Namespace, segment: Segment) -> int:
     """Segments ``args.images`` in batches, writing one file each; returns the failures."""
     from tqdm import tqdm
 
+    from model.atomic import atomic_write_bytes
     from model.inference import probabilities as outputs
     from model.inference.encoding import mask_png, overlay_jpeg
     from model.inference.imaging import ImageError, load_image
@@ -216,6 +218,7 @@ def _segment_files(args: argparse.Namespace, segment: Segment) -> int:
                 else:
                     mask = getattr(mask, "mask", mask)  # a plain mask, or a resolved result
                     data = mask_png(mask) if args.format == "png" else overlay_jpeg(image, mask)
-                (args.out / (path.stem + suffix)).write_bytes(data)
+                # Atomic: an interrupted run never leaves a truncated mask behind.
+                atomic_write_bytes(args.out / (path.stem + suffix), data)
                 bar.update()
     return failures

@@ -39,6 +39,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from app.api.errors import ConflictError, ModelNotFoundError, NotReadyError
+from app.budget import MemoryBudget
 from app.loader import LoadedModel
 from app.metrics import Metrics
 from app.repository.layout import (
@@ -105,6 +106,9 @@ class ModelManager:
         self._policy = parse_version_policy(settings.version_policy)
         self._held_out: set[str] = set()  # unloaded by the API: polling leaves them be
         self._served = False  # the default model has been served (the start is over)
+        # Admitted work's memory, whichever version runs it (app.budget).
+        self.budget = MemoryBudget(settings.memory_budget_bytes, metrics.memory_in_use)
+        metrics.memory_budget.set(settings.memory_budget_bytes)
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handle_signals = handle_signals
@@ -185,8 +189,11 @@ class ModelManager:
 
     def require_ready(self) -> None:
         """``/readyz``: NotReadyError unless the default model has an available version."""
-        if self.phase is not Phase.READY or self._serving(self.default_model) is None:
+        serving = self._serving(self.default_model)
+        if self.phase is not Phase.READY or serving is None:
             raise self._not_ready()
+        if serving.service.phase is not Phase.READY:  # its inference worker was lost
+            raise serving.service.not_ready()
 
     def _not_ready(self, reason: str | None = None) -> NotReadyError:
         reason = reason or {Phase.LOADING: "the model is loading and warming up",
@@ -306,7 +313,9 @@ class ModelManager:
             update = ({"model": source.path, "checkpoint": None} if source.is_export
                       else {"model": None, "checkpoint": source.path})
             settings = settings.model_copy(update=update)
-        service = Service(settings, self._loader, handle_signals=False)
+        service = Service(settings, self._loader, handle_signals=False,
+                          exit_on_lost_worker=self._handle_signals)
+        service.budget = self.budget  # one memory budget for the server, not per version
         version = ModelVersion(name, number, service, source, stamp=_stamp(source))
         version.idle.set()
         self.models.setdefault(name, {})[number] = version

@@ -17,7 +17,8 @@ PER_VERSION = frozenset({"atrous_batch_size", "atrous_queue_depth", "atrous_mode
                          "atrous_stage_duration_seconds"})
 #: Families only the HTTP middleware fills: the versions' copies stay empty, unshown.
 SERVER_WIDE = frozenset({"atrous_requests", "atrous_request_duration_seconds",
-                         "atrous_requests_in_flight", "atrous_model_loads"})
+                         "atrous_requests_in_flight", "atrous_model_loads",
+                         "atrous_memory_budget_bytes", "atrous_memory_budget_in_use_bytes"})
 
 Registries = Callable[[], Iterable[tuple[str, int, CollectorRegistry]]]
 

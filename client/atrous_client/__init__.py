@@ -45,6 +45,7 @@ from ._types import (
     ModelStatus,
     ModelVersion,
     Segmentation,
+    SegmentOptions,
     Tiling,
 )
 from ._version import __version__
@@ -67,6 +68,7 @@ __all__ = [
     "ImageInput",
     "Format",
     "Tiling",
+    "SegmentOptions",
     "VOC_PALETTE",
     # Errors
     "AtrousError",

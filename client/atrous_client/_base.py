@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import email.utils
 import io
 import logging
@@ -13,8 +14,8 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, Generic, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -33,6 +34,7 @@ from ._types import (
     ModelInfo,
     ModelStatus,
     Segmentation,
+    SegmentOptions,
     Tiling,
     classes_from_json,
     classes_from_mask,
@@ -63,18 +65,56 @@ _RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError,
                                httpx.RemoteProtocolError)
 
 _HttpxClientT = TypeVar("_HttpxClientT", httpx.Client, httpx.AsyncClient)
+_TransportT = TypeVar("_TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
+_T = TypeVar("_T")
+
+PROBE_POLL_S = 0.5
+
+Call: TypeAlias = Generator["httpx.Request | float", "httpx.Response | None", _T]
+"""One client call written once for both clients, free of I/O: it yields a request to send
+(and receives the response, or has the ``httpx.TransportError`` thrown in) or a number of
+seconds to sleep (and receives None), and returns the call's result.  ``AtrousClient._run``
+drives it with blocking sends and sleeps, ``AsyncAtrousClient._run`` with awaited ones."""
+
+Outcome: TypeAlias = "httpx.Response | httpx.TransportError | None"
+"""What a driver hands back to a ``Call``: the response, the transport error, or None (after a
+sleep, and to start it)."""
 
 
-class BaseClient(Generic[_HttpxClientT]):
-    """Configuration and policy shared by ``AtrousClient`` and ``AsyncAtrousClient``."""
+@dataclasses.dataclass(frozen=True)
+class Done(Generic[_T]):
+    """A finished ``Call``'s result."""
+
+    value: _T
+
+
+def resume(call: Call[_T], outcome: Outcome) -> httpx.Request | float | Done[_T]:
+    """Hands ``outcome`` to ``call``: its next step, or ``Done`` with what it returned.  Errors
+    it raises (``AtrousError`` and the like) pass through to the caller."""
+    try:
+        if isinstance(outcome, httpx.TransportError):
+            return call.throw(outcome)
+        return call.send(outcome)
+    except StopIteration as done:
+        return Done(done.value)
+
+
+class BaseClient(Generic[_HttpxClientT, _TransportT]):
+    """What ``AtrousClient`` and ``AsyncAtrousClient`` share: the constructor, the retry
+    policy, and every call as a ``Call`` generator; a subclass only opens its pool, drives the
+    generators (``_run``) and fans ``segment_many`` out."""
 
     _client: _HttpxClientT
     base_url: httpx.URL
     timeout: httpx.Timeout
     max_retries: int
 
-    def __init__(self, *, base_url: str | httpx.URL | None, timeout: float | httpx.Timeout,
-                 max_retries: int, api_key: str | None = None, model: str | None = None,
+    def __init__(self, base_url: str | httpx.URL | None = None, *,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+                 max_retries: int = DEFAULT_MAX_RETRIES,
+                 transport: _TransportT | None = None,
+                 headers: Mapping[str, str] | None = None,
+                 api_key: str | None = None, model: str | None = None,
                  version: int | None = None) -> None:
         if version is not None and model is None:
             raise ValueError("version= needs model=")
@@ -94,6 +134,12 @@ class BaseClient(Generic[_HttpxClientT]):
         # The model (and version) every call goes to; None: the server's default model.
         self.model = model
         self.version = version
+        self._client = self._open_pool(transport, {**self._default_headers(), **(headers or {})})
+
+    def _open_pool(self, transport: _TransportT | None,
+                   headers: dict[str, str]) -> _HttpxClientT:
+        """The ``httpx`` client (sync or async) every request goes through."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={str(self.base_url)!r})"
@@ -137,15 +183,84 @@ class BaseClient(Generic[_HttpxClientT]):
             raise AtrousError(f"unexpected /v1/models JSON: {e!r}",
                               request_id=response.headers.get("X-Request-ID")) from None
 
-    @staticmethod
-    def _segment_parts(image: ImageInput, format: str,
-                       options: Mapping[str, str] | None = None) -> tuple[bytes, dict[str, str],
-                                                                         dict[str, str]]:
-        """Body, headers and query of ``POST /segment``; raises before any I/O on bad input."""
+    def _segment_request(self, image: ImageInput, format: str,
+                         options: SegmentOptions) -> httpx.Request:
+        """``POST /segment`` for one image; raises before any I/O on bad input.  Reads files
+        and PNG-encodes arrays: blocking work, which the async client runs in a thread."""
         check_format(format)
+        query = {"format": format, **segment_options(**options)}
         body, content_type = encode_input(image)
-        return (body, {"Content-Type": content_type, "Accept": _ACCEPT[format]},
-                {"format": format, **(options or {})})
+        return self._build_request("POST", self._path("segment"), content=body, params=query,
+                                   headers={"Content-Type": content_type,
+                                            "Accept": _ACCEPT[format]})
+
+    @staticmethod
+    def _check_many(format: str, concurrency: int, options: SegmentOptions) -> None:
+        """``segment_many``'s arguments, checked once before any image is read."""
+        check_format(format)
+        segment_options(**options)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+
+    # Calls (see ``Call``) ---------------------------------------------------------------------
+
+    def _send(self, request: httpx.Request) -> Call[httpx.Response]:
+        """Sends ``request`` until it succeeds, retrying as ``_retry_delay`` allows."""
+        attempt = 0
+        while True:
+            try:
+                response = yield request
+            except httpx.TransportError as e:
+                delay = (self._retry_delay(attempt, self.max_retries, None)
+                         if isinstance(e, _RETRYABLE_TRANSPORT_ERRORS) else None)
+                if delay is None:
+                    raise self._connection_error(e, request) from e
+                log.info("%s %s failed (%r); retrying in %.2f s", request.method,
+                         request.url.path, e, delay)
+            else:
+                assert response is not None
+                if response.is_success:
+                    return response
+                delay = self._retry_delay(attempt, self.max_retries, response)
+                if delay is None:
+                    raise self._status_error(response)
+                log.info("%s %s answered %d; retrying in %.2f s", request.method,
+                         request.url.path, response.status_code, delay)
+            yield delay
+            attempt += 1
+
+    def _call_model_info(self) -> Call[ModelInfo]:
+        return self._model_info_from((yield from self._send(
+            self._build_request("GET", self._path("info")))))
+
+    def _call_list_models(self) -> Call[list[ModelStatus]]:
+        return self._models_from((yield from self._send(
+            self._build_request("GET", "/v1/models"))))
+
+    def _call_probe(self, path: str, timeout: float | None = None) -> Call[bool]:
+        """Whether ``path`` answers 200, in one attempt."""
+        request = self._build_request(
+            "GET", path, timeout=None if timeout is None else httpx.Timeout(timeout))
+        try:
+            response = yield request
+        except httpx.TransportError as e:
+            raise self._connection_error(e, request) from e
+        assert response is not None
+        return response.status_code == 200
+
+    def _call_wait_until_ready(self, timeout: float) -> Call[None]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining > 0 and (yield from self._call_probe("/readyz", remaining)):
+                    return
+            except APIConnectionError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise APITimeoutError(f"{self.base_url} was not ready within {timeout:g} s")
+            yield min(PROBE_POLL_S, remaining)
 
     # Retry policy ---------------------------------------------------------------------------
 
@@ -169,10 +284,6 @@ class BaseClient(Generic[_HttpxClientT]):
                 return retry_after * (1.0 + 0.1 * random.random())
         backoff = min(INITIAL_RETRY_DELAY * 2.0 ** attempt, MAX_RETRY_DELAY)
         return backoff * (0.5 + 0.5 * random.random())
-
-    @staticmethod
-    def _is_retryable_transport_error(exc: httpx.TransportError) -> bool:
-        return isinstance(exc, _RETRYABLE_TRANSPORT_ERRORS)
 
     @staticmethod
     def _connection_error(exc: httpx.TransportError,
@@ -265,8 +376,9 @@ def check_format(format: str) -> None:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
 
 
-def segment_options(tiling: str, scales: Sequence[float] | None, flip: bool,
-                    classes: Sequence[str | int] | None) -> dict[str, str]:
+def segment_options(*, tiling: str = "off", scales: Sequence[float] | None = None,
+                    flip: bool = False,
+                    classes: Sequence[str | int] | None = None) -> dict[str, str]:
     """The query parameters beyond ``format``; only what differs from the server's default
     is sent.  Raises ``ValueError`` on values the server would refuse for sure."""
     if tiling not in TILINGS:
@@ -286,11 +398,6 @@ def segment_options(tiling: str, scales: Sequence[float] | None, flip: bool,
                              f"got {classes!r}")
         options["classes"] = ",".join(str(c) for c in classes)
     return options
-
-
-def check_concurrency(concurrency: int) -> None:
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,43 +1,34 @@
 """``AtrousClient`` and ``AsyncAtrousClient``: the same methods, blocking or awaitable.
 
-Both send with retries (``_request``), then hand the response to the shared decoding in
-``BaseClient``; only sending, sleeping and fan-out differ.
+Every call is written once in ``BaseClient`` as a generator of requests and sleeps (``Call``);
+a client only drives those generators (``_run``), sends, sleeps, guards the label cache with
+its kind of lock and fans ``segment_many`` out (threads or tasks).  A new option goes to
+``SegmentOptions`` and ``segment_options`` (per call) or ``BaseClient.__init__`` (per client).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from types import TracebackType
-from typing import Any, cast
+from typing import TypeVar, Unpack, cast
 
 import httpx
 
-from ._base import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-    BaseClient,
-    check_concurrency,
-    check_format,
-    segment_options,
-)
-from ._exceptions import APIConnectionError, APITimeoutError
+from ._base import BaseClient, Call, Done, Outcome, resume
 from ._images import ImageInput
 from ._progress import progress_bar
-from ._types import Format, ModelInfo, ModelStatus, Segmentation, Tiling
-
-log = logging.getLogger("atrous_client")
+from ._types import Format, ModelInfo, ModelStatus, Segmentation, SegmentOptions
 
 __all__ = ["AtrousClient", "AsyncAtrousClient"]
 
-_PROBE_POLL_S = 0.5
+_T = TypeVar("_T")
 
 
-class AtrousClient(BaseClient[httpx.Client]):
+class AtrousClient(BaseClient[httpx.Client, httpx.BaseTransport]):
     """Blocking client for an atrous server; thread-safe, use it as a context manager.
 
     Args:
@@ -54,19 +45,11 @@ class AtrousClient(BaseClient[httpx.Client]):
         version: that model's version to use; None: its newest available one.
     """
 
-    def __init__(self, base_url: str | httpx.URL | None = None, *,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-                 max_retries: int = DEFAULT_MAX_RETRIES,
-                 transport: httpx.BaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None,
-                 api_key: str | None = None, model: str | None = None,
-                 version: int | None = None) -> None:
-        super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries,
-                         api_key=api_key, model=model, version=version)
-        self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout,
-                                    transport=transport,
-                                    headers={**self._default_headers(), **(headers or {})})
+    def _open_pool(self, transport: httpx.BaseTransport | None,
+                   headers: dict[str, str]) -> httpx.Client:
         self._model_info_lock = threading.Lock()
+        return httpx.Client(base_url=self.base_url, timeout=self.timeout, transport=transport,
+                            headers=headers)
 
     def __enter__(self) -> AtrousClient:
         return self
@@ -79,9 +62,8 @@ class AtrousClient(BaseClient[httpx.Client]):
         """Closes the connection pool."""
         self._client.close()
 
-    def segment(self, image: ImageInput, *, format: Format = "png", tiling: Tiling = "off",
-                scales: Sequence[float] | None = None, flip: bool = False,
-                classes: Sequence[str | int] | None = None) -> Segmentation:
+    def segment(self, image: ImageInput, *, format: Format = "png",
+                **options: Unpack[SegmentOptions]) -> Segmentation:
         """Segments one image.
 
         Args:
@@ -93,28 +75,22 @@ class AtrousClient(BaseClient[httpx.Client]):
                 also downloads per-class probability planes (``result.probabilities``,
                 ``result.probability("person")``, ``result.confidence``).  All give the
                 same ``mask`` for the same options.
-            tiling: ``off`` (DeepLab's single pass), ``on`` (overlapping tiles at native
-                resolution, for large images with thin structures) or ``auto``.
-            scales: test-time scales whose probabilities are averaged, e.g. DeepLab's
-                ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``; None is ``(1.0,)``.
-            flip: also run on the mirrored image and average.
-            classes: labels or ids to keep; other classes become background (0).
+            **options: the keywords of ``SegmentOptions``, each documented there: ``tiling``
+                (``off``, ``on`` or ``auto``), ``scales`` and ``flip`` (test-time
+                augmentation), ``classes`` (the classes to keep).
 
         Raises:
             APIStatusError: the server refused the image (a subclass per status).
             APIConnectionError: no response, after retries.
             TypeError, ValueError: an unsupported input, before anything is sent.
         """
-        options = segment_options(tiling, scales, flip, classes)
-        body, headers, params = self._segment_parts(image, format, options)
+        request = self._segment_request(image, format, options)
         labels = self._labels()
-        response = self._request("POST", self._path("segment"), content=body, headers=headers,
-                                 params=params)
-        return self._segmentation(response, format, labels)
+        return self._segmentation(self._run(self._send(request)), format, labels)
 
     def segment_many(self, images: Iterable[ImageInput], *, format: Format = "png",
                      concurrency: int = 4, progress: bool = False,
-                     **options: Any) -> list[Segmentation | Exception]:
+                     **options: Unpack[SegmentOptions]) -> list[Segmentation | Exception]:
         """Segments many images, ``concurrency`` at a time, on a thread pool.
 
         Returns:
@@ -124,10 +100,7 @@ class AtrousClient(BaseClient[httpx.Client]):
             ``isinstance(result, Exception)``.  ``options`` (tiling, scales, flip, classes)
             are ``segment``'s.
         """
-        check_format(format)
-        segment_options(**{"tiling": "off", "scales": None, "flip": False, "classes": None,
-                           **options})
-        check_concurrency(concurrency)
+        self._check_many(format, concurrency, options)
         items = list(images)
         results: list[Segmentation | Exception | None] = [None] * len(items)
         bar = progress_bar(progress, len(items))
@@ -154,11 +127,11 @@ class AtrousClient(BaseClient[httpx.Client]):
 
     def model_info(self) -> ModelInfo:
         """``GET /v1/model``: backbone, classes, batching, ... (also refreshes the label cache)."""
-        return self._model_info_from(self._request("GET", self._path("info")))
+        return self._run(self._call_model_info())
 
     def list_models(self) -> list[ModelStatus]:
         """``GET /v1/models``: every model the server has, its versions and their states."""
-        return self._models_from(self._request("GET", "/v1/models"))
+        return self._run(self._call_list_models())
 
     def health(self) -> bool:
         """Whether the server process answers ``/healthz`` with 200 (no retries).
@@ -166,7 +139,7 @@ class AtrousClient(BaseClient[httpx.Client]):
         Raises:
             APIConnectionError: nothing answered.
         """
-        return self._probe("/healthz")
+        return self._run(self._call_probe("/healthz"))
 
     def ready(self) -> bool:
         """Whether ``/readyz`` says the model is loaded and warm (no retries).
@@ -174,7 +147,7 @@ class AtrousClient(BaseClient[httpx.Client]):
         Raises:
             APIConnectionError: nothing answered.
         """
-        return self._probe("/readyz")
+        return self._run(self._call_probe("/readyz"))
 
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Polls ``/readyz`` until it answers 200, riding over connection errors.
@@ -182,18 +155,7 @@ class AtrousClient(BaseClient[httpx.Client]):
         Raises:
             APITimeoutError: not ready within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining > 0 and self._probe("/readyz", timeout=remaining):
-                    return
-            except APIConnectionError:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise APITimeoutError(f"{self.base_url} was not ready within {timeout:g} s")
-            self._sleep(min(_PROBE_POLL_S, remaining))
+        self._run(self._call_wait_until_ready(timeout))
 
     # Internals --------------------------------------------------------------------------
 
@@ -204,63 +166,38 @@ class AtrousClient(BaseClient[httpx.Client]):
             assert self._model_info is not None
             return self._model_info.labels
 
-    def _probe(self, path: str, timeout: float | None = None) -> bool:
-        request = self._build_request(
-            "GET", path, timeout=None if timeout is None else httpx.Timeout(timeout))
-        try:
-            response = self._client.send(request)
-        except httpx.TransportError as e:
-            raise self._connection_error(e, request) from e
-        return response.status_code == 200
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        request = self._build_request(method, path, **kwargs)
-        attempt = 0
-        while True:
+    def _run(self, call: Call[_T]) -> _T:
+        """Drives ``call`` with blocking sends and sleeps."""
+        outcome: Outcome = None
+        while not isinstance(step := resume(call, outcome), Done):
+            if isinstance(step, float):
+                self._sleep(step)
+                outcome = None
+                continue
             try:
-                response = self._client.send(request)
+                outcome = self._client.send(step)
             except httpx.TransportError as e:
-                delay = (self._retry_delay(attempt, self.max_retries, None)
-                         if self._is_retryable_transport_error(e) else None)
-                if delay is None:
-                    raise self._connection_error(e, request) from e
-                log.info("%s %s failed (%r); retrying in %.2f s", method, path, e, delay)
-            else:
-                if response.is_success:
-                    return response
-                delay = self._retry_delay(attempt, self.max_retries, response)
-                if delay is None:
-                    raise self._status_error(response)
-                log.info("%s %s answered %d; retrying in %.2f s", method, path,
-                         response.status_code, delay)
-            self._sleep(delay)
-            attempt += 1
+                outcome = e
+        return step.value
 
     @staticmethod
     def _sleep(seconds: float) -> None:
         time.sleep(seconds)
 
 
-class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
+class AsyncAtrousClient(BaseClient[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     """``AtrousClient`` with awaitable methods; use it as an ``async with`` context manager.
 
     Takes the same arguments as ``AtrousClient``; ``transport`` is an
     ``httpx.AsyncBaseTransport``.
     """
 
-    def __init__(self, base_url: str | httpx.URL | None = None, *,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-                 max_retries: int = DEFAULT_MAX_RETRIES,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None,
-                 api_key: str | None = None, model: str | None = None,
-                 version: int | None = None) -> None:
-        super().__init__(base_url=base_url, timeout=timeout, max_retries=max_retries,
-                         api_key=api_key, model=model, version=version)
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout,
-                                         transport=transport,
-                                         headers={**self._default_headers(), **(headers or {})})
+    def _open_pool(self, transport: httpx.AsyncBaseTransport | None,
+                   headers: dict[str, str]) -> httpx.AsyncClient:
+        # Created inside the running loop, once the first call needs it (``_labels``).
         self._model_info_lock: asyncio.Lock | None = None
+        return httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout,
+                                 transport=transport, headers=headers)
 
     async def __aenter__(self) -> AsyncAtrousClient:
         return self
@@ -273,29 +210,21 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
         """Closes the connection pool."""
         await self._client.aclose()
 
-    async def segment(self, image: ImageInput, *, format: Format = "png", tiling: Tiling = "off",
-                      scales: Sequence[float] | None = None, flip: bool = False,
-                      classes: Sequence[str | int] | None = None) -> Segmentation:
+    async def segment(self, image: ImageInput, *, format: Format = "png",
+                      **options: Unpack[SegmentOptions]) -> Segmentation:
         """Segments one image; see ``AtrousClient.segment``."""
-        check_format(format)
-        options = segment_options(tiling, scales, flip, classes)
         # Reading files and PNG-encoding arrays is blocking work: keep it off the event loop.
-        body, headers, params = await asyncio.to_thread(self._segment_parts, image, format,
-                                                        options)
+        request = await asyncio.to_thread(self._segment_request, image, format, options)
         labels = await self._labels()
-        response = await self._request("POST", self._path("segment"), content=body,
-                                       headers=headers, params=params)
+        response = await self._run(self._send(request))
         return await asyncio.to_thread(self._segmentation, response, format, labels)
 
     async def segment_many(self, images: Iterable[ImageInput], *, format: Format = "png",
                            concurrency: int = 4, progress: bool = False,
-                           **options: Any) -> list[Segmentation | Exception]:
+                           **options: Unpack[SegmentOptions]) -> list[Segmentation | Exception]:
         """Segments many images, at most ``concurrency`` in flight; see
         ``AtrousClient.segment_many`` (same ordering and per-item errors)."""
-        check_format(format)
-        segment_options(**{"tiling": "off", "scales": None, "flip": False, "classes": None,
-                           **options})
-        check_concurrency(concurrency)
+        self._check_many(format, concurrency, options)
         items = list(images)
         semaphore = asyncio.Semaphore(concurrency)
         bar = progress_bar(progress, len(items))
@@ -316,40 +245,28 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
 
     async def model_info(self) -> ModelInfo:
         """``GET /v1/model``; see ``AtrousClient.model_info``."""
-        return self._model_info_from(await self._request("GET", self._path("info")))
+        return await self._run(self._call_model_info())
 
     async def list_models(self) -> list[ModelStatus]:
         """``GET /v1/models``; see ``AtrousClient.list_models``."""
-        return self._models_from(await self._request("GET", "/v1/models"))
+        return await self._run(self._call_list_models())
 
     async def health(self) -> bool:
         """Whether ``/healthz`` answers 200; see ``AtrousClient.health``."""
-        return await self._probe("/healthz")
+        return await self._run(self._call_probe("/healthz"))
 
     async def ready(self) -> bool:
         """Whether ``/readyz`` answers 200; see ``AtrousClient.ready``."""
-        return await self._probe("/readyz")
+        return await self._run(self._call_probe("/readyz"))
 
     async def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Polls ``/readyz`` until 200; see ``AtrousClient.wait_until_ready``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining > 0 and await self._probe("/readyz", timeout=remaining):
-                    return
-            except APIConnectionError:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise APITimeoutError(f"{self.base_url} was not ready within {timeout:g} s")
-            await self._sleep(min(_PROBE_POLL_S, remaining))
+        await self._run(self._call_wait_until_ready(timeout))
 
     # Internals --------------------------------------------------------------------------
 
     async def _labels(self) -> tuple[str, ...]:
         if self._model_info is None:
-            # Created here, inside the running loop, and only once the first call needs it.
             if self._model_info_lock is None:
                 self._model_info_lock = asyncio.Lock()
             async with self._model_info_lock:
@@ -358,39 +275,20 @@ class AsyncAtrousClient(BaseClient[httpx.AsyncClient]):
         assert self._model_info is not None
         return self._model_info.labels
 
-    async def _probe(self, path: str, timeout: float | None = None) -> bool:
-        request = self._build_request(
-            "GET", path, timeout=None if timeout is None else httpx.Timeout(timeout))
-        try:
-            response = await self._client.send(request)
-        except httpx.TransportError as e:
-            raise self._connection_error(e, request) from e
-        return response.status_code == 200
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        request = self._build_request(method, path, **kwargs)
-        attempt = 0
-        while True:
+    async def _run(self, call: Call[_T]) -> _T:
+        """Drives ``call`` with awaited sends and sleeps."""
+        outcome: Outcome = None
+        while not isinstance(step := resume(call, outcome), Done):
+            if isinstance(step, float):
+                await self._sleep(step)
+                outcome = None
+                continue
             try:
-                response = await self._client.send(request)
+                outcome = await self._client.send(step)
             except httpx.TransportError as e:
-                delay = (self._retry_delay(attempt, self.max_retries, None)
-                         if self._is_retryable_transport_error(e) else None)
-                if delay is None:
-                    raise self._connection_error(e, request) from e
-                log.info("%s %s failed (%r); retrying in %.2f s", method, path, e, delay)
-            else:
-                if response.is_success:
-                    return response
-                delay = self._retry_delay(attempt, self.max_retries, response)
-                if delay is None:
-                    raise self._status_error(response)
-                log.info("%s %s answered %d; retrying in %.2f s", method, path,
-                         response.status_code, delay)
-            await self._sleep(delay)
-            attempt += 1
+                outcome = e
+        return step.value
 
     @staticmethod
     async def _sleep(seconds: float) -> None:
         await asyncio.sleep(seconds)
-

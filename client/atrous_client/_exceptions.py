@@ -11,9 +11,11 @@ Our exception hierarchy::
         ├── PayloadTooLargeError         413  payload_too_large, image_too_large
         ├── UnsupportedMediaTypeError    415  unsupported_media_type
         ├── UnprocessableEntityError     422  missing_image, validation_error
-        ├── ServiceUnavailableError      503  not_ready, queue_full          (retried)
+        ├── ServiceUnavailableError      503  not_ready, queue_full,
+        │                                     memory_busy                    (retried)
         ├── GatewayTimeoutError          504  timeout                        (retried)
-        └── InternalServerError          other >= 500, e.g. internal_error
+        └── InternalServerError          other >= 500, e.g. internal_error,
+                                              inference_failed
 
 Other statuses (404, 405, 429, ...) raise a plain ``APIStatusError``; 429 is retried.
 ``AtrousError`` itself is raised when a 2xx response cannot be decoded (not a PNG, bad JSON).
@@ -29,20 +31,8 @@ from __future__ import annotations
 
 import httpx
 
-__all__ = [
-    "AtrousError",
-    "APIConnectionError",
-    "APITimeoutError",
-    "APIStatusError",
-    "BadRequestError",
-    "AuthenticationError",
-    "PayloadTooLargeError",
-    "UnsupportedMediaTypeError",
-    "UnprocessableEntityError",
-    "ServiceUnavailableError",
-    "GatewayTimeoutError",
-    "InternalServerError",
-]
+# No __all__ here: the package's __init__ names the public errors once, and the tree above
+# says how they relate.
 
 
 class AtrousError(Exception):

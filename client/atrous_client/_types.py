@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
-from typing import Any, Literal, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeAlias, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -22,6 +22,24 @@ Tiling: TypeAlias = Literal["off", "auto", "on"]
 """``off`` (default): DeepLab's single pass, the image shrunk to the model's input size;
 ``on``: overlapping tiles at native resolution (thin structures survive); ``auto``: tiles
 when the longer side exceeds twice the input size."""
+
+
+class SegmentOptions(TypedDict, total=False):
+    """The keywords of ``segment`` and ``segment_many`` beyond ``image`` and ``format``.
+
+    A new per-call option is added here and in ``_base.segment_options`` (which turns these
+    into query parameters), and nowhere else: both clients take ``**options`` of this type.
+    """
+
+    tiling: Tiling
+    """``off`` (default), ``on`` or ``auto``; see ``Tiling``."""
+    scales: Sequence[float] | None
+    """Test-time scales whose probabilities are averaged, e.g. DeepLab's
+    ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``; None (default) is ``(1.0,)``."""
+    flip: bool
+    """Also run on the mirrored image and average (default False)."""
+    classes: Sequence[str | int] | None
+    """Labels or ids to keep; other classes become background (0).  None keeps all."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,9 +90,9 @@ class ModelMetadata:
             raise ValueError(f"{path} is not valid atrous metadata: {e}") from None
 
     def write(self, saved_model_dir: str | Path) -> None:
-        path = Path(saved_model_dir) / METADATA_PATH
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
+        from model.atomic import atomic_write_text
+
+        atomic_write_text(Path(saved_model_dir) / METADATA_PATH, self.to_json())
 
 
 class Segmenter(Protocol):

@@ -48,27 +48,12 @@ def summary(mask: np.ndarray, metadata: ModelMetadata,
     """The ``format=json`` body: size, model, classes present (pixels, bbox, RLE, mean
     confidence when known), mask PNG."""
     height, width = mask.shape
-    total = height * width
-    counts = np.bincount(mask.ravel(), minlength=256)
-    present = np.flatnonzero(counts)
     runs = _label_runs(mask)
-    classes = []
-    for class_id in present.tolist():
-        selected = mask == class_id
-        rows = np.flatnonzero(selected.any(axis=1))
-        cols = np.flatnonzero(selected.any(axis=0))
-        pixels = int(counts[class_id])
-        classes.append({
-            "id": class_id,
-            "label": (metadata.labels[class_id] if class_id < len(metadata.labels)
-                      else f"class_{class_id}"),
-            "pixels": pixels,
-            "fraction": round(pixels / total, 6),
-            "bbox": [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
-                     int(rows[-1] - rows[0] + 1)],
-            "rle": {"size": [height, width], "counts": _class_rle(runs, class_id, total)},
-            "confidence": None if confidences is None else confidences.get(class_id),
-        })
+    classes = [{**entry,
+                "rle": {"size": [height, width],
+                        "counts": _class_rle(runs, entry["id"], height * width)},
+                "confidence": None if confidences is None else confidences.get(entry["id"])}
+               for entry in classes_present(mask, metadata.labels)]
     return {
         "width": width,
         "height": height,
@@ -77,6 +62,29 @@ def summary(mask: np.ndarray, metadata: ModelMetadata,
         "classes": classes,
         "mask_png": base64.b64encode(mask_png(mask)).decode("ascii"),
     }
+
+
+def classes_present(mask: np.ndarray, labels: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The classes in a uint8 [H, W] mask, by id: label, pixels, fraction of the image and
+    bbox ``[x, y, width, height]`` (the ``format=json`` entries without RLE)."""
+    height, width = mask.shape
+    total = height * width
+    counts = np.bincount(mask.ravel(), minlength=256)
+    classes = []
+    for class_id in np.flatnonzero(counts).tolist():
+        selected = mask == class_id
+        rows = np.flatnonzero(selected.any(axis=1))
+        cols = np.flatnonzero(selected.any(axis=0))
+        pixels = int(counts[class_id])
+        classes.append({
+            "id": class_id,
+            "label": labels[class_id] if class_id < len(labels) else f"class_{class_id}",
+            "pixels": pixels,
+            "fraction": round(pixels / total, 6),
+            "bbox": [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
+                     int(rows[-1] - rows[0] + 1)],
+        })
+    return classes
 
 
 def _label_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

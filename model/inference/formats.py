@@ -34,6 +34,15 @@ def detect_format(path: str | Path) -> str:
                      f"{', '.join(MODEL_FILES.values())}")
 
 
+def require_format(path: str | Path, wanted: str, runtime: str, advice: str) -> None:
+    """``ValueError`` unless ``path`` holds a ``wanted`` export, the only one ``runtime``
+    loads; ``advice`` says what to do instead."""
+    found = detect_format(path)
+    if found != wanted:
+        raise ValueError(f"the {runtime} runtime loads {wanted} exports, and {path} is a "
+                         f"{found} export: {advice}")
+
+
 def model_file(path: str | Path, format: str) -> Path:
     """The network file of a model directory of ``format`` (the directory itself for SavedModel)."""
     path = Path(path)

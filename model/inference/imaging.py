@@ -95,6 +95,21 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return image
 
 
+def peek_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as displayed (EXIF orientation applied), from the header alone;
+    None when the header cannot be read (decoding will then say why)."""
+    fmt = sniff_format(data)
+    if fmt is None:
+        return None
+    try:
+        image = _open(data, fmt)
+        width, height = image.size
+        swapped = _orientation(image) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - fuzzed headers raise anything
+        return None
+    return (height, width) if swapped else (width, height)
+
+
 def load_image_for_model(data: bytes, *, max_pixels: int,
                          input_size: int) -> tuple[Image.Image, tuple[int, int]]:
     """Like ``load_image``, but only as sharp as a model of ``input_size`` needs.

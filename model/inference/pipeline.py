@@ -16,9 +16,11 @@ image becomes a group of model inputs (``model.inference.tiling``):
 
 * ``decode_group`` / ``prepare_group``: bytes or a PIL image -> its plan (checked against
   the work budget) and every tile of every (scale, flip) pass;
-* ``run_group``: the tiles through a segmenter's ``probabilities``, a batch at a time
-  (the server hands them to its batcher as one group instead);
-* ``render_probabilities``: blend, average, argmax -> mask, confidence, planes -> body.
+* ``segment_group``: the tiles through a segmenter's ``probabilities``, a batch at a time,
+  each result folded into a ``StreamingResolve`` (``start_group``) as it comes, so memory
+  stays proportional to the output (the server hands the tiles to its batcher as one
+  group instead, and feeds the resolver as their results arrive);
+* ``render_resolved`` / ``render_probabilities``: mask, confidence, planes -> body.
 
 A class filter applies on both paths: other classes become background.
 
@@ -125,6 +127,25 @@ def _render_mask(mask: np.ndarray, image: Image.Image | None, output: OutputForm
     return encoding.overlay_jpeg(image, mask)
 
 
+def working_bytes(size: tuple[int, int], input_size: int, num_classes: int,
+                  options: InferenceOptions, output: OutputFormat, *, batch_size: int = 1,
+                  max_model_pixels: int | None = None, max_tiles: int | None = None) -> int:
+    """An upper estimate of the memory one (width, height) image's request holds at once:
+    ``augmented.working_bytes`` on the probabilities path; on the single pass the decoded
+    image (and its RGB copy), the canvas and labels, the mask and the encoded body.
+
+    Raises:
+        augmented.WorkTooLargeError: the probabilities path's plan is over the limits.
+    """
+    if needs_group(options, output):
+        plan = augmented.plan_for(size, input_size, options, max_model_pixels=max_model_pixels,
+                                  max_tiles=max_tiles)
+        return augmented.working_bytes(plan, num_classes, batch_size=batch_size,
+                                       with_planes=output is OutputFormat.probabilities)
+    width, height = size
+    return 9 * width * height + 8 * input_size * input_size
+
+
 def needs_group(options: InferenceOptions, output: OutputFormat) -> bool:
     """Whether this request takes the probabilities path (``decode_group`` ...)."""
     return augmented.needs_probabilities(options, output.value)
@@ -168,13 +189,7 @@ def decode_group(data: bytes, *, max_pixels: int, input_size: int, options: Infe
                          max_tiles=max_tiles)
 
 
-def run_group(segmenter: Segmenter, group: PreparedGroup, *,
-              batch_size: int = 8) -> list[np.ndarray]:
-    """The group's inputs through the segmenter's ``probabilities``, ``batch_size`` at a time.
-
-    Raises:
-        contract.ProbabilitiesUnavailableError: the runtime gives no probabilities.
-    """
+def _probabilities_fn(segmenter: Segmenter) -> augmented.ProbabilitiesFn:
     probabilities = probabilities_of(segmenter)
     if probabilities is None:
         from model.inference.contract import ProbabilitiesUnavailableError
@@ -182,17 +197,56 @@ def run_group(segmenter: Segmenter, group: PreparedGroup, *,
         raise ProbabilitiesUnavailableError(
             f"the {getattr(segmenter, 'runtime', '?')} runtime gives no class probabilities "
             "(needed by tiling, scales, flip and the probability formats)")
+    return probabilities
+
+
+def run_group(segmenter: Segmenter, group: PreparedGroup, *,
+              batch_size: int = 8) -> list[np.ndarray]:
+    """The group's inputs through the segmenter's ``probabilities``, ``batch_size`` at a time
+    (every result kept: ``segment_group`` folds them in as they come instead).
+
+    Raises:
+        contract.ProbabilitiesUnavailableError: the runtime gives no probabilities.
+    """
+    probabilities = _probabilities_fn(segmenter)
     results = [probabilities(group.canvases[i:i + batch_size], group.sizes[i:i + batch_size])
                for i in range(0, len(group.canvases), batch_size)]
     return list(np.concatenate(results)) if results else []
+
+
+def segment_group(segmenter: Segmenter, group: PreparedGroup, options: InferenceOptions, *,
+                  batch_size: int = 8, with_planes: bool = False) -> augmented.Rendered:
+    """Runs the group ``batch_size`` inputs at a time, folding each batch's probabilities
+    into the merge at once (memory bounded by ``augmented.working_bytes``).
+
+    Raises:
+        contract.ProbabilitiesUnavailableError: the runtime gives no probabilities.
+    """
+    probabilities = _probabilities_fn(segmenter)
+    resolver = start_group(group, options, with_planes=with_planes)
+    for start in range(0, len(group.canvases), batch_size):
+        batch = probabilities(group.canvases[start:start + batch_size],
+                              group.sizes[start:start + batch_size])
+        for offset, tile in enumerate(batch):
+            resolver.add(start + offset, tile)
+        del batch
+    return resolver.result()
+
+
+def start_group(group: PreparedGroup, options: InferenceOptions, *,
+                with_planes: bool = False) -> augmented.StreamingResolve:
+    """A resolver to feed the group's results to, one at a time, as they arrive."""
+    return augmented.StreamingResolve(group.plan, options.classes, with_planes=with_planes)
 
 
 def resolve_group(probabilities: Sequence[np.ndarray], group: PreparedGroup,
                   options: InferenceOptions, *, with_planes: bool = False) -> augmented.Rendered:
     """Every input's probabilities [S, S, C] -> blended, averaged -> mask, confidence (and
     quantized planes) at the image's size."""
-    merged = tiling.merge_image(group.plan, probabilities)
-    return augmented.resolve(merged, group.image.size, options.classes, with_planes=with_planes)
+    resolver = start_group(group, options, with_planes=with_planes)
+    for index, tile in enumerate(probabilities):
+        resolver.add(index, tile)
+    return resolver.result()
 
 
 def render_probabilities(probabilities: Sequence[np.ndarray], group: PreparedGroup,
@@ -201,6 +255,12 @@ def render_probabilities(probabilities: Sequence[np.ndarray], group: PreparedGro
     """Every input's probabilities [S, S, C] -> the body in the requested format."""
     rendered = resolve_group(probabilities, group, options,
                              with_planes=output is OutputFormat.probabilities)
+    return render_resolved(rendered, group, output, metadata)
+
+
+def render_resolved(rendered: augmented.Rendered, group: PreparedGroup, output: OutputFormat,
+                    metadata: ModelMetadata) -> bytes:
+    """A resolved group (``StreamingResolve.result``) -> the body in the requested format."""
     if output is OutputFormat.probabilities:
         return probability_outputs.probabilities_npz(rendered.planes, rendered.class_ids,
                                                      metadata.labels, rendered.mask)
@@ -220,3 +280,24 @@ def segment_images(segmenter: Segmenter, images: Sequence[Image.Image]) -> list[
     prepared = [prepare(image, size) for image in images]
     return [restore(labels, p) for labels, p in zip(run(segmenter, prepared), prepared,
                                                      strict=True)]
+
+
+def segment_masks(segmenter: Segmenter, images: Sequence[Image.Image], options: InferenceOptions,
+                  *, batch_size: int = 8) -> list[np.ndarray]:
+    """The class-id masks ``atrous segment`` and ``atrous segment-dataset`` write as PNGs.
+
+    The single pass (DeepLab's) is one model call for the whole list; tiling, scales or
+    flip take the probabilities path, image by image, ``batch_size`` inputs at a time.
+    ``options.classes`` applies on both.
+
+    Returns:
+        one uint8 [height, width] mask per image, at the image's own size.
+    """
+    if options.single_pass:
+        return [probability_outputs.filter_mask(mask, options.classes)
+                for mask in segment_images(segmenter, images)]
+    masks = []
+    for image in images:  # each batch's probabilities are blended in at once (bounded memory)
+        group = prepare_group(image, segmenter.metadata.input_size, options)
+        masks.append(segment_group(segmenter, group, options, batch_size=batch_size).mask)
+    return masks

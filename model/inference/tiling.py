@@ -13,7 +13,11 @@ blends their per-pixel class probabilities into one full-resolution map:
   pixel near a tile's edge (where the network saw less context) counts less than one in
   its middle, and neighbouring tiles fade into each other without a seam;
 * ``Blender`` accumulates window-weighted probabilities and divides by the summed
-  weights.
+  weights;
+* ``StreamingMerge`` does the same as results arrive, so that a request holds memory in
+  proportion to its output, not to its number of tiles: a single pass keeps one tile row
+  of accumulator and hands finished rows on in bands; several passes keep one pass's
+  accumulator and the running average at the base resolution.
 
 Test-time augmentation follows DeepLab's ``eval.py`` (``predict_labels_multi_scale``):
 the image is run at several scales, and mirrored, each pass's probabilities are resized
@@ -26,7 +30,7 @@ pipeline cuts images into tiles, runs the model and calls these functions.
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,6 +43,7 @@ __all__ = [
     "Blender",
     "ImagePlan",
     "Pass",
+    "StreamingMerge",
     "TileGrid",
     "average_probabilities",
     "blend",
@@ -399,3 +404,133 @@ def merge_image(plan: ImagePlan, probabilities: Sequence[np.ndarray] | np.ndarra
             start = stop
 
     return average_probabilities(blended(), plan.base)
+
+
+# -- The same merge, streamed: results are folded in as they arrive. ---------------------
+
+#: Rows handed on at once when a finished map is emitted in bands.
+EMIT_BAND_ROWS = 256
+RowsFn = Callable[[int, np.ndarray], None]
+
+
+class _BandBlender:
+    """``Blender`` over one grid whose tiles arrive row-major, keeping one tile row.
+
+    When the first tile of a new tile row arrives, every image row above its top is
+    covered by no later tile: those rows are divided by their weights and handed to
+    ``emit(top, rows)``, and the accumulator moves down.  It never holds more than
+    ``min(S, H)`` rows: float32 ``min(S, H) x W x (C + 1)``.  The arithmetic is
+    ``Blender``'s, in the same order, so the rows are bit-identical to its result.
+    """
+
+    def __init__(self, grid: TileGrid, num_classes: int, emit: RowsFn) -> None:
+        self.grid = grid
+        self._emit = emit
+        self._columns = len({left for _, left, _, _ in grid.boxes})
+        height = min(grid.tile, grid.height)
+        self._sum = np.zeros((height, grid.width, num_classes), np.float32)
+        self._weight = np.zeros((height, grid.width), np.float32)
+        self._window = blend_window(grid.tile)
+        self._top = 0  # the image row the accumulator's first row stands for
+
+    def add(self, index: int, probabilities: np.ndarray) -> None:
+        top, left, rows, cols = self.grid.boxes[index]
+        if index % self._columns == 0 and top > self._top:
+            self._advance(top)
+        at = top - self._top
+        weights = self._window[:rows, :cols]
+        self._sum[at:at + rows, left:left + cols] += (probabilities[:rows, :cols]
+                                                      * weights[..., None])
+        self._weight[at:at + rows, left:left + cols] += weights
+
+    def _advance(self, top: int) -> None:
+        done = top - self._top
+        self._emit(self._top, self._sum[:done] / self._weight[:done, :, None])
+        kept = len(self._sum) - done
+        self._sum[:kept] = self._sum[done:]
+        self._weight[:kept] = self._weight[done:]
+        self._sum[kept:] = 0
+        self._weight[kept:] = 0
+        self._top = top
+
+    def finish(self) -> None:
+        done = self.grid.height - self._top
+        self._emit(self._top, self._sum[:done] / self._weight[:done, :, None])
+
+
+class StreamingMerge:
+    """``merge_image`` fed one tile at a time, handing the merged map on in row bands.
+
+    Results may arrive in any order; they are folded in ``cut_image``'s order (one that
+    comes early waits for those before it), so the output is bit-identical to
+    ``merge_image``'s.  Memory, float32 with C classes, base = ``plan.base``:
+
+    * one pass at the base resolution (tiling, or the single letterboxed canvas): one
+      tile row of accumulator, ``min(S, rows) x cols x (C + 1)``;
+    * several passes (scales, flip): the pass being blended and the running sum,
+      ``(scale^2 + 1) x rows x cols x (C + 1)`` at most (scales are at most 2).
+
+    Args:
+        plan: from ``plan_image``.
+        emit: called with (first row, float32 [n, cols, C] merged probabilities) for
+            consecutive bands of rows, top to bottom, covering ``plan.base``.
+    """
+
+    def __init__(self, plan: ImagePlan, emit: RowsFn) -> None:
+        self.plan = plan
+        self._emit = emit
+        self._next = 0  # index of the next result to fold in
+        self._early: dict[int, np.ndarray] = {}
+        self._pass = 0
+        self._pass_start = 0
+        self._total: np.ndarray | None = None
+        self._banded: _BandBlender | None = None
+        self._blender: Blender | None = None
+        first = plan.passes[0].grid
+        self._streamed = (len(plan.passes) == 1
+                          and (first.height, first.width) == tuple(plan.base))
+
+    @property
+    def done(self) -> bool:
+        return self._next == self.plan.tile_count
+
+    def add(self, index: int, probabilities: np.ndarray) -> None:
+        """Adds input ``index``'s float [S, S, C] probabilities (``cut_image`` order)."""
+        if not 0 <= index < self.plan.tile_count or index < self._next or index in self._early:
+            raise ValueError(f"result {index} is out of range or was already added")
+        self._early[index] = probabilities
+        while self._next in self._early:
+            self._fold(self._early.pop(self._next))
+            self._next += 1
+
+    def _fold(self, probabilities: np.ndarray) -> None:
+        step = self.plan.passes[self._pass]
+        index = self._next - self._pass_start
+        if self._streamed:
+            if self._banded is None:
+                self._banded = _BandBlender(step.grid, probabilities.shape[-1], self._emit)
+            self._banded.add(index, probabilities)
+            if self._next + 1 == self.plan.tile_count:
+                self._banded.finish()
+                self._banded = None
+            return
+        if self._blender is None:
+            self._blender = Blender(step.grid, probabilities.shape[-1])
+        self._blender.add(index, probabilities)
+        if index + 1 < len(step.grid):
+            return
+        # The pass is whole: into the running sum (as average_probabilities), then freed.
+        resized = resize_probabilities(self._blender.result(), self.plan.base)
+        self._blender = None
+        if step.flipped:
+            resized = resized[:, ::-1]
+        self._total = (resized.astype(np.float32, copy=True) if self._total is None
+                       else self._total + resized)
+        del resized
+        self._pass += 1
+        self._pass_start = self._next + 1
+        if self._pass == len(self.plan.passes):
+            self._total /= len(self.plan.passes)
+            for top in range(0, len(self._total), EMIT_BAND_ROWS):
+                self._emit(top, self._total[top:top + EMIT_BAND_ROWS])
+            self._total = None

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 
+# Its fields overlap model.bench.BenchResult's, on purpose: the two tables have different
+# columns (an export through a runtime here, a graph setting with XLA there), and this module
+# must not import TensorFlow.
 @dataclasses.dataclass(frozen=True)
 class SegmenterTiming:
     runtime: str
@@ -66,9 +69,14 @@ def time_calls(segmenter: Any, images: np.ndarray, sizes: np.ndarray, *, num_bat
     return durations
 
 
-def summarise(segmenter: Any, batch_size: int, durations: list[float]) -> SegmenterTiming:
+def mean_and_sd(durations: list[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the timed calls, in seconds."""
     mean = sum(durations) / len(durations)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in durations) / len(durations))
+    return mean, math.sqrt(sum((d - mean) ** 2 for d in durations) / len(durations))
+
+
+def summarise(segmenter: Any, batch_size: int, durations: list[float]) -> SegmenterTiming:
+    mean, sd = mean_and_sd(durations)
     metadata = segmenter.metadata
     return SegmenterTiming(segmenter.runtime, segmenter.runtime_version, metadata.format,
                            metadata.precision, metadata.backbone, metadata.input_size,

@@ -164,12 +164,9 @@ def predict_labels(images: Any, sizes: Any, config: ModelConfig, *,
     """DeepLab inference on letterboxed batches, argmax inside the graph.
 
     Args:
-        images: uint8 [N, S, S, 3] (S = ``config.input_size``), image at the top left.
-        sizes: int32 [N, 2] valid (height, width) per image.
-        config: the model configuration (``config.precision`` is the compute dtype).
-        regularize: as in ``segmentation_logits``.
+        images, sizes, config, regularize: as in ``upsampled_logits``.
 
     Returns:
-        uint8 [N, S, S] class ids: logits upsampled bilinearly (corners aligned) to S x S.
+        uint8 [N, S, S] class ids: the argmax of ``upsampled_logits``.
     """
     return labels_from_logits(upsampled_logits(images, sizes, config, regularize=regularize))

@@ -6,6 +6,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from model.atomic import atomic_file
+
 _PANEL = (560, 320)
 _MARGIN = (70, 28, 24, 44)  # left, top, right, bottom
 _COLOURS = {"loss": (31, 119, 180), "miou": (214, 39, 40), "pixel_accuracy": (44, 160, 44)}
@@ -79,5 +81,6 @@ def draw_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     _panel(draw, (_PANEL[0], 0), "val mIoU / train accuracy",
            {k: v for k, v in quality.items() if v}, (0.0, 1.0), font)
     path = Path(path)
-    image.save(path)
+    with atomic_file(path) as file:  # a kill mid-write leaves the previous curves
+        image.save(file, format="PNG")
     return path

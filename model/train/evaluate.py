@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from model.atomic import atomic_write_bytes, atomic_write_text
 from model.config import ModelConfig
 from model.inference import encoding, imaging, labels
 from model.inference.contract import ModelMetadata, Segmenter
@@ -110,12 +111,12 @@ class EvalResult:
                     flip=self.flip)
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def save_mask(mask: np.ndarray, path: Path) -> None:
     """The server's ``format=png`` body, byte for byte (palette PNG, pixel = class id)."""
-    path.write_bytes(encoding.mask_png(mask))
+    atomic_write_bytes(path, encoding.mask_png(mask))
 
 
 def evaluate(segmenter: Segmenter, data_path: str | Path, split: str, num_classes: int, *,

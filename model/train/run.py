@@ -13,6 +13,12 @@
 Checkpoints are written with ``tf.compat.v1.train.Saver`` under the serving graph's
 variable names, so ``model.checkpoints.restore`` (export, serve) reads RUN directly; its
 ``_IGNORED`` rule skips the optimizer slots and the step.
+
+A ``kill -9`` can land anywhere: TensorFlow writes a checkpoint's files before it moves the
+``checkpoint`` pointer (itself replaced atomically), the record and the curves are written
+atomically (``model.atomic``), a resume restores the newest checkpoint that reads whole
+(``complete_checkpoints``), and ``trim_history`` drops the history lines logged after it
+(and a torn last line), so the step count and the loss curve continue without a repeat.
 """
 
 import dataclasses
@@ -22,7 +28,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from model.checkpoints import RUN_CONFIG_FILE, CheckpointError, run_config
+from model.atomic import atomic_write_text
+from model.checkpoints import (
+    RUN_CONFIG_FILE,
+    CheckpointError,
+    checkpoints_newest_first,
+    run_config,
+)
 from model.config import ModelConfig
 
 CHECKPOINT_PREFIX = "model.ckpt"
@@ -41,7 +53,7 @@ def write_record(run: Path, config: ModelConfig, training: dict[str, Any]) -> No
     run.mkdir(parents=True, exist_ok=True)
     record = {"model": dataclasses.asdict(config), "training": training,
               "tensorflow_version": tf.__version__}
-    (run / RUN_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(run / RUN_CONFIG_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def read_record(run: Path) -> dict[str, Any]:
@@ -64,7 +76,14 @@ def read_config(run: Path) -> ModelConfig:
 
 
 def latest_checkpoint(run: Path) -> str | None:
-    return tf.train.latest_checkpoint(str(run))
+    """The newest checkpoint of RUN whose files are all there."""
+    complete = complete_checkpoints(run)
+    return complete[0] if complete else None
+
+
+def complete_checkpoints(run: Path) -> list[str]:
+    """RUN's checkpoints whose files are all there, newest first."""
+    return checkpoints_newest_first(run)
 
 
 def step_of(checkpoint: str) -> int:
@@ -119,7 +138,32 @@ def append_history(run: Path, entry: dict[str, Any]) -> None:
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:
+    """The logged entries; a torn last line (the process was killed writing it) is dropped."""
     path = run / HISTORY_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def trim_history(run: Path, step: int) -> int:
+    """Keeps the history up to ``step`` (the checkpoint a resume starts from), rewritten
+    atomically: entries logged after it are about to be logged again.  Returns how many
+    were dropped."""
+    path = run / HISTORY_FILE
+    if not path.is_file():
+        return 0
+    entries = read_history(run)
+    kept = [entry for entry in entries if int(entry.get("step", 0)) <= step]
+    text = path.read_text()
+    if len(kept) == len(entries) and (not text or text.endswith("\n")):
+        return 0
+    atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in kept))
+    return len(entries) - len(kept)

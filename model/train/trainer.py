@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from model import signal_stack
 from model.config import ModelConfig
 from model.nets.backbones import Backbone
 from model.train import data, objective, run
@@ -102,6 +103,9 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         yield stop
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The handler runs on the alternate signal stack, which an OpenVINO Core used earlier
+    # in this process may have left pointing at freed memory (model.signal_stack).
+    signal_stack.install_own_stack()
 
     def handler(signum: int, frame: Any) -> None:
         log.warning("received %s: saving a checkpoint after this step",
@@ -239,9 +243,11 @@ class Trainer:
                                    f"same network (got {self.config})")
             if latest is None:
                 raise run.RunError(f"{self.run} holds no checkpoint to resume from")
-            run.restore_all(latest, self.checkpoint_variables)
+            restored = self._restore_newest_whole()
             step = int(self.global_step.numpy())
-            log.info("resumed %s at step %d", latest, step)
+            dropped = run.trim_history(self.run, step) if self.chief else 0
+            log.info("resumed %s at step %d%s", restored, step,
+                     f" ({dropped} history lines after it dropped)" if dropped else "")
             return step
         if latest is not None:
             raise run.RunError(f"{self.run} already holds checkpoints; pass --resume to "
@@ -249,9 +255,25 @@ class Trainer:
         if init is not None:
             objective.init_from_checkpoint(self.variables, init, self.config)
         if self.chief:
+            run.trim_history(self.run, 0)  # a run killed before its first checkpoint
             run.write_record(self.run, self.config, dict(
                 dataclasses.asdict(self.train_config), init=init, replicas=self.replicas))
         return 0
+
+    def _restore_newest_whole(self) -> str:
+        """Restores the newest checkpoint that reads in full (an older one if the newest is
+        torn: a resume trusts only a complete checkpoint); returns its path."""
+        for checkpoint in run.complete_checkpoints(self.run):
+            try:
+                run.restore_all(checkpoint, self.checkpoint_variables)
+            except run.RunError:
+                raise  # another network's checkpoint: not a torn file
+            except Exception as e:  # noqa: BLE001 - a torn file: OpError, IndexError, ...
+                log.warning("checkpoint %s does not read whole (%s): trying the one before",
+                            checkpoint, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                continue
+            return checkpoint
+        raise run.RunError(f"{self.run} holds no complete checkpoint to resume from")
 
     def save(self, writer: run.CheckpointWriter, step: int, last: str | None) -> str | None:
         """Checkpoints ``step`` unless a variable went non-finite (then raises, keeping ``last``).

@@ -1,5 +1,6 @@
 """The SDK's public surface and packaging: changing them must be a deliberate act."""
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -31,6 +32,7 @@ PUBLIC_NAMES = [
     "ModelStatus",
     "ModelVersion",
     "PayloadTooLargeError",
+    "SegmentOptions",
     "Segmentation",
     "ServiceUnavailableError",
     "Tiling",
@@ -79,3 +81,26 @@ def test_distribution_metadata() -> None:
     assert (CLIENT_DIR / "atrous_client" / "py.typed").is_file()
     assert (CLIENT_DIR / "README.md").is_file()
     assert atrous_client.__version__.count(".") == 2
+
+
+def test_building_the_sdk_leaves_the_type_check_clean(tmp_path: Path) -> None:
+    # `pip install ./client` (the README's way to install the SDK alone) builds in the source
+    # tree and leaves client/build/lib/atrous_client: a second copy of the package, which made
+    # the README's `mypy app model client` stop at "Duplicate module named atrous_client".
+    # Build a copy of the SDK the same way, then type-check it with the project's mypy config.
+    root = CLIENT_DIR.parent
+    shutil.copytree(CLIENT_DIR, tmp_path / "client",
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), "./client"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "client" / "build" / "lib" / "atrous_client" / "_client.py").is_file()
+    # --no-site-packages: third-party stubs are beside the point and take ~10 s to read cold.
+    check = subprocess.run([sys.executable, "-m", "mypy", "--no-site-packages", "--cache-dir",
+                            str(tmp_path / ".mypy_cache"), "client"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Every module of the package once, none from build/.
+    modules = len(list((tmp_path / "client" / "atrous_client").glob("*.py")))
+    assert f"no issues found in {modules} source files" in check.stdout, check.stdout

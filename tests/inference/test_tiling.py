@@ -123,3 +123,52 @@ def test_scales_are_parsed_and_each_bad_value_is_named():
         with pytest.raises(ValueError, match=named):
             tiling.parse_scales(text)
     assert tiling.scaled_shape(200, 300, 0.5) == (100, 150)
+
+
+@pytest.mark.parametrize(("size", "tiled", "scales", "flip", "classes", "order"), [
+    ((300, 200), True, (1.0,), False, None, "in"),  # one pass, banded
+    ((300, 200), True, (1.0,), False, (0, 2), "reversed"),  # results out of order
+    ((150, 90), True, (0.75, 1.0, 1.5), True, None, "shuffled"),  # several passes
+    ((90, 70), False, (1.0,), False, None, "in"),  # one letterboxed canvas
+    ((90, 70), False, (0.5,), False, (3,), "in"),  # one pass, resized to the base
+])
+def test_streaming_resolve_equals_the_full_stack_merge(size, tiled, scales, flip, classes,
+                                                        order):
+    """Folding results in as they arrive (bounded memory) gives exactly what stacking every
+    tile's probabilities, merging and resolving them at once gave."""
+    from model.inference import augmented
+
+    plan = tiling.plan_image(*size, 33, tiled=tiled, scales=scales, flip=flip)
+    rng = np.random.default_rng(len(plan.passes) * 7 + size[0])
+    logits = rng.normal(size=(plan.tile_count, 33, 33, 5)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = augmented.resolve(tiling.merge_image(plan, probabilities), size, classes,
+                                 with_planes=True)
+    indices = list(range(plan.tile_count))
+    if order == "reversed":
+        indices.reverse()
+    elif order == "shuffled":
+        rng.shuffle(indices)
+    resolver = augmented.StreamingResolve(plan, classes, with_planes=True)
+    for index in indices:
+        resolver.add(index, probabilities[index])
+    got = resolver.result()
+    assert plan.tile_count > 1 or not tiled
+    np.testing.assert_array_equal(got.mask, expected.mask)
+    np.testing.assert_array_equal(got.confidence, expected.confidence)
+    np.testing.assert_array_equal(got.planes, expected.planes)
+    assert got.class_ids == expected.class_ids
+
+
+def test_a_single_pass_holds_one_tile_row_of_accumulator_not_the_image():
+    """The bound the docs state: a tiled single pass keeps min(S, rows) rows."""
+    plan = tiling.plan_image(400, 300, 33, tiled=True)
+    bands: list[tuple[int, int]] = []
+    merge = tiling.StreamingMerge(plan, lambda top, rows: bands.append((top, len(rows))))
+    for index in range(plan.tile_count):
+        merge.add(index, np.full((33, 33, 3), 1 / 3, np.float32))
+    assert merge.done and bands[0][0] == 0
+    assert [top for top, _ in bands[1:]] == [t + n for t, n in bands[:-1]]  # consecutive
+    assert sum(n for _, n in bands) == 300 and max(n for _, n in bands) <= 33
+    with pytest.raises(ValueError, match="already added"):
+        merge.add(0, np.zeros((33, 33, 3), np.float32))

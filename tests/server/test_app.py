@@ -132,7 +132,7 @@ def test_a_failed_load_keeps_the_server_not_ready():
     assert isinstance(app.state.models.failure, ValueError)
 
 
-def test_a_model_error_is_a_500_that_says_nothing_internal(caplog):
+def test_a_model_error_is_a_typed_500_that_says_nothing_internal(caplog):
     def loader(_: Settings) -> LoadedModel:
         secret = RuntimeError("/srv/secret/path exploded")
         return LoadedModel(ConstantSegmenter(error=secret), Path("/fake"))
@@ -145,8 +145,9 @@ def test_a_model_error_is_a_500_that_says_nothing_internal(caplog):
     response = asyncio.run(with_app(create_app(settings(), loader=loader,
                                                handle_signals=False), body))
     assert response.status_code == 500
-    assert response.json() == {"error": {"code": "internal_error",
-                                         "message": "internal server error"},
+    assert response.json() == {"error": {"code": "inference_failed",
+                                         "message": "the model failed on this request's batch; "
+                                                    "retrying may succeed"},
                                "request_id": "req-500"}
     assert response.headers["x-request-id"] == "req-500"
     assert "secret" not in response.text

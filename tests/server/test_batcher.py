@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.api.errors import as_http_error
-from app.batcher import Batcher, BatcherStopped, DeadlineExceeded, QueueFull
+from app.batcher import Batcher, BatcherStopped, DeadlineExceeded, ModelCallFailed, QueueFull
 from app.metrics import Metrics
 
 S = 5
@@ -109,7 +109,8 @@ def test_a_failing_batch_fails_its_members_and_the_worker_survives():
         await batcher.stop()
         return outcomes, after
     outcomes, after = run(main())
-    assert all(isinstance(o, ValueError) for o in outcomes)
+    assert all(isinstance(o, ModelCallFailed) and isinstance(o.__cause__, ValueError)
+               for o in outcomes)
     assert int(after.labels[0, 0]) == 2
 
 
@@ -139,7 +140,8 @@ def test_only_the_image_that_fails_alone_gets_the_oom_error():
         return await asyncio.gather(*(batcher.submit(image(v), (S, S), timeout=5)
                                       for v in (1, 99, 3, 4)), return_exceptions=True)
     outcomes = run(main())
-    assert isinstance(outcomes[1], MemoryError)
+    assert isinstance(outcomes[1], ModelCallFailed)
+    assert isinstance(outcomes[1].__cause__, MemoryError)
     assert [int(outcomes[i].labels[0, 0]) for i in (0, 2, 3)] == [1, 3, 4]
 
 

@@ -112,3 +112,20 @@ def test_mixed_precision_steps_lower_the_loss_with_float32_weights(tmp_path, pre
     assert np.isfinite(before) and after < before
     # The checkpoint holds float32 variables under the serving names: it exports as is.
     assert {v.dtype for v in trainer.checkpoint_variables.values()} <= {tf.float32, tf.int64}
+
+
+def test_resume_skips_a_torn_checkpoint_and_trims_the_history_after_it(tmp_path, synthetic_voc):
+    """A kill can tear the newest checkpoint's data and the history's last line: the resume
+    restores the checkpoint before and logs every step once."""
+    out = tmp_path / "run"
+    Trainer(TINY, tiny_train_config(steps=4, save_every=2), out,
+            backbone=TINY_BACKBONE).train(synthetic_voc, progress=False)
+    assert run.step_of(run.latest_checkpoint(out)) == 4
+    data = next(out.glob("model.ckpt-4.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with (out / run.HISTORY_FILE).open("a") as f:
+        f.write('{"step": 5, "lo')
+    result = Trainer(TINY, tiny_train_config(steps=5, save_every=5), out,
+                     backbone=TINY_BACKBONE).train(synthetic_voc, resume=True, progress=False)
+    assert result.step == 5 and run.step_of(result.checkpoint) == 5
+    assert [h["step"] for h in run.read_history(out)] == [1, 2, 3, 4, 5]

@@ -37,6 +37,7 @@ KEY = PAINTED_API_KEYS[1]
 BAND_LABELS = {"background", "aeroplane", "car", "person"}
 PERSON_RGB = (192, 128, 128)
 DESKTOP = (1280, 1000)
+FIRST_SCREEN = (1280, 800)  # a laptop's screen: what shows before any scrolling
 PHONE = (390, 844)
 
 
@@ -68,8 +69,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("web-inputs")
     image, _ = checkpoint_factory.routed_bands(320, 160)
     paths = {"bands": root / "bands.png", "text": root / "notes.txt",
-             "big": root / "noise.png"}
+             "big": root / "noise.png", "tall": root / "tall.png"}
     Image.fromarray(image).save(paths["bands"])
+    Image.fromarray(np.ascontiguousarray(np.rot90(image))).save(paths["tall"])  # 160 × 320
     paths["text"].write_text("this is not an image\n")
     noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), np.uint8)
     Image.fromarray(noise).save(paths["big"])
@@ -252,6 +254,57 @@ def test_the_key_is_asked_for_then_the_mask_and_its_classes_are_shown(page, file
     page.refresh()
     wait_for(page, lambda d: visible(d, "model-card"), "the model card after a reload")
     assert page.find_element(By.ID, "api-key").get_attribute("value") == KEY
+
+
+def below_the_first_screen(driver: WebDriver, element_ids: list[str]) -> dict[str, float]:
+    """The elements whose bottom edge lies past the first ``FIRST_SCREEN`` pixels of the page
+    (or that are not displayed), with where their bottom is."""
+    bottoms = driver.execute_script(
+        "return Object.fromEntries(arguments[0].map((id) => {"
+        "  const box = document.getElementById(id).getBoundingClientRect();"
+        "  return [id, box.height > 0 ? box.bottom + window.scrollY : Infinity]; }))",
+        element_ids)
+    return {k: v for k, v in bottoms.items() if v > FIRST_SCREEN[1]}
+
+
+def test_after_a_pick_the_image_its_mask_and_the_legend_are_on_the_first_screen(page, files,
+                                                                                 shots):
+    page.execute_script("sessionStorage.setItem('atrous.apiKey', arguments[0])", KEY)
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": FIRST_SCREEN[0], "height": FIRST_SCREEN[1], "deviceScaleFactor": 1,
+        "mobile": False})
+    page.refresh()
+    wait_for(page, lambda d: visible(d, "model-card"), "the model card")
+    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#extra-options [data-param]"),
+             "the option fields")  # all of the form laid out, as a user would see it
+    result = ["input-canvas", "mask-image", "legend"]
+    for name in ("bands", "tall"):  # a wide image, then a tall one
+        upload(page, files[name])
+        wait_for(page, lambda d, n=name: d.find_element(By.ID, "picked").text == f"Picked: "
+                 f"{n}.png" and d.find_element(By.ID, "status").text == "Done.", f"{name}.png")
+        assert set(legend(page)) == BAND_LABELS
+        assert below_the_first_screen(page, result) == {}, name
+        assert page.execute_script("return window.scrollY") == 0  # nothing jumped
+        if name == "bands":
+            screenshot(page, shots, "first-screen")
+    # The model card folds away (and back).
+    page.find_element(By.CSS_SELECTOR, "#model > summary").click()
+    assert not visible(page, "model-card")
+    assert "resnet_v1_50 · 21 classes" in page.find_element(By.ID, "model-summary").text
+    page.find_element(By.CSS_SELECTOR, "#model > summary").click()
+    assert visible(page, "model-card")
+
+
+def test_picking_the_same_file_again_after_an_error_segments_again(page, files):
+    wait_for(page, lambda d: "needs an API key" in d.find_element(By.ID, "model-status").text,
+             "the model card to ask for a key")
+    upload(page, files["bands"])
+    assert "needs an API key" in error_text(page)
+    enter_key(page, KEY)
+    upload(page, files["bands"])  # the very same file, as a user would pick it again
+    wait_for_result(page)
+    assert not visible(page, "error")
+    assert set(legend(page)) == BAND_LABELS
 
 
 def test_readable_on_a_phone_and_usable_by_keyboard_and_paste(page, files, shots):
@@ -446,7 +499,7 @@ def test_a_server_with_several_models_offers_a_picker(browser, files, server_fac
                              "ATROUS_DEFAULT_MODEL": "painted", "ATROUS_MAX_BATCH_SIZE": "1"})
     browser.set_window_size(*DESKTOP)
     browser.get(server.url + "/")
-    wait_for(browser, lambda d: visible(d, "model-picker-row"), "the model picker")
+    wait_for(browser, lambda d: visible(d, "model-choice"), "the model picker")
     picker = Select(browser.find_element(By.ID, "model-picker"))
     assert [o.text for o in picker.options] == ["painted (version 1) — default",
                                                "tiny (version 1)"]

@@ -13,7 +13,9 @@ from app.api.deps import ServiceDep, SettingsDep
 from app.api.errors import NotSupportedError, ValidationError
 from app.api.schemas import ErrorEnvelope, Segmentation
 from app.api.upload import IMAGE_FIELD, read_image_bytes
+from app.batcher import BatchResult
 from model.inference.contract import ModelMetadata, probabilities_of
+from model.inference.imaging import peek_size
 from model.inference.options import InferenceOptions, Tiling, parse_classes
 from model.inference.pipeline import (
     MEDIA_TYPES,
@@ -22,7 +24,9 @@ from model.inference.pipeline import (
     decode_group,
     needs_group,
     render,
-    render_probabilities,
+    render_resolved,
+    start_group,
+    working_bytes,
 )
 from model.inference.tiling import parse_scales
 
@@ -58,12 +62,13 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
                       "application/x-npz": _BINARY}},
     400: _error("empty body, or a corrupt image"),
     413: _error("body over the upload limit, image over the pixel limit, or tiling/scales/"
-                "flip needing more model input than the server allows"),
+                "flip needing more model input (or memory) than the server allows"),
     415: _error("not a supported image format"),
     422: _error("no `image` field in the multipart body, or bad query values"),
-    500: _error("internal error"),
+    500: _error("internal error, or the model failed on this request's batch"),
     501: _error("the model's runtime gives no class probabilities"),
-    503: _error("model not ready, shutting down, or queue full (see Retry-After)"),
+    503: _error("model not ready, shutting down, queue full or memory budget in use (see "
+                "Retry-After)"),
     504: _error("the request deadline passed"),
 }
 
@@ -107,9 +112,29 @@ async def segment(
                                     "tiling, scales, flip and this format need")
         grouped = False  # json without confidences
     data = await read_image_bytes(request, settings.max_upload_bytes)
-    if grouped:
-        return await _segment_group(request, service, settings, data, output, options, arrived)
+    # The work's memory is reserved before decoding: over the budget it waits or is refused.
+    size = peek_size(data) or (1, 1)  # unreadable: decoding says why, at no cost
+    if size[0] * size[1] > settings.max_image_pixels:
+        size = (1, 1)  # decoding refuses it (413 image_too_large) before any work
+    estimate = working_bytes(size, metadata.input_size, metadata.num_classes, options, output,
+                             batch_size=settings.max_batch_size,
+                             max_model_pixels=settings.max_inference_pixels,
+                             max_tiles=settings.max_queue)
+    remaining = settings.request_timeout_s - (time.monotonic() - arrived)
+    async with service.budget.reserve(estimate, timeout=remaining):
+        if grouped:
+            return await _segment_group(request, service, settings, data, output, options,
+                                        arrived)
+        return await _segment_single(request, service, settings, data, output, options,
+                                     arrived)
 
+
+async def _segment_single(request: Request, service: ServiceDep, settings: SettingsDep,
+                          data: bytes, output: OutputFormat, options: InferenceOptions,
+                          arrived: float) -> Response:
+    """DeepLab's single pass: one letterboxed canvas through the batcher, labels back."""
+    batcher = service.require_ready()
+    metadata = service.metadata
     started = time.monotonic()
     prepared = await service.run_blocking(functools.partial(
         decode, data, max_pixels=settings.max_image_pixels, input_size=metadata.input_size,
@@ -154,7 +179,8 @@ async def _segment_group(request: Request, service: ServiceDep, settings: Settin
                          data: bytes, output: OutputFormat, options: InferenceOptions,
                          arrived: float) -> Response:
     """The probabilities path: every tile / scale / flip of the image through the batcher
-    as one group (all queued or none), then blended, averaged and rendered."""
+    as one group (all queued or none), each result blended in as it arrives (memory in
+    proportion to the output, not to the tiles), then rendered."""
     batcher = service.require_ready()
     metadata = service.metadata
     started = time.monotonic()
@@ -165,15 +191,20 @@ async def _segment_group(request: Request, service: ServiceDep, settings: Settin
     del data
     decoded = time.monotonic()
     remaining = settings.request_timeout_s - (decoded - arrived)
+    resolver = start_group(group, options, with_planes=output is OutputFormat.probabilities)
+
+    async def fold(index: int, result: BatchResult) -> None:
+        await service.run_blocking(resolver.add, index, result.output)
+
     try:
         results = await _unless_client_leaves(request, batcher.submit_group(
-            group.canvases, group.sizes, timeout=max(remaining, 0)))
+            group.canvases, group.sizes, timeout=max(remaining, 0), consume=fold))
     except ClientGone:
         service.metrics.rejections.labels(reason="client_gone").inc()
         return Response(status_code=499)
     inferred = time.monotonic()
-    body = await service.run_blocking(render_probabilities, [r.output for r in results], group,
-                                      output, options, metadata)
+    rendered = await service.run_blocking(resolver.result)
+    body = await service.run_blocking(render_resolved, rendered, group, output, metadata)
     encoded = time.monotonic()
     queued = max(r.queue_s for r in results)
     stages = {"decode": decoded - started, "queue": queued,

@@ -166,7 +166,7 @@ async function loadModelList() {
       (model.default ? " — default" : ""), model.name, model.default, model.default);
     picker.add(option);
   }
-  $("model-picker-row").hidden = false;
+  $("model-choice").hidden = false;
 }
 
 async function loadModel() {
@@ -182,8 +182,8 @@ async function loadModel() {
       const keyed = $("api-key").value.trim() !== "";
       $("model-status").textContent = error.status !== 401
         ? `Could not load the model description: ${sentence(error.message)}`
-        : keyed ? "The API key was refused: check it below."
-          : "This server needs an API key: enter it below, then pick an image.";
+        : keyed ? "The API key was refused: check it in the API key field."
+          : "This server needs an API key: enter it in the API key field, then pick an image.";
     }
     return;
   }
@@ -201,6 +201,10 @@ async function loadModel() {
   card.hidden = false;
   $("model-status").hidden = true;
   loadModelList();
+  // What the card says when folded.
+  const m = state.model;
+  $("model-summary").textContent = [m.backbone, m.num_classes && `${m.num_classes} classes`,
+    m.runtime, m.trained === false ? "untrained" : null].filter(Boolean).join(" · ");
   const banner = $("untrained");
   banner.hidden = state.model.trained;
   banner.textContent = state.model.trained ? "" : `Untrained weights (${state.model.weights}): ` +
@@ -492,7 +496,12 @@ async function showResult(result, picked, number) {
   const png = format !== "overlay";
   link.download = `${baseName()}-${png ? "mask.png" : "overlay.jpg"}`;
   link.textContent = png ? "Download the mask (PNG)" : "Download the overlay (JPEG)";
+  $("placeholder").hidden = true;
   $("results").hidden = false;
+  // One column (a phone): bring the result up if it starts below the middle of the screen.
+  // Side by side it is already at the top, and the page must not jump.
+  const top = $("results").getBoundingClientRect().top;
+  if (top > window.innerHeight / 2) $("results").scrollIntoView({ block: "start" });
   return true;
 }
 
@@ -545,6 +554,11 @@ async function useFile(file) {
     // Not an image to this browser (TIFF, or not an image at all): the server will say.
   }
   state.picked = { file, bitmap };
+  // The input keeps no value, so that picking the same file again (after an error, a new
+  // key or new options) is a change and segments again; the name is shown here instead.
+  $("image-file").value = "";
+  $("picked").textContent = file.name ? `Picked: ${file.name}` : "Picked: a pasted image";
+  $("picked").hidden = false;
   await segment();
 }
 

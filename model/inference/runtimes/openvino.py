@@ -10,8 +10,12 @@ found in the converted graph (an exported network ends in ``argmax -> uint8``, w
 OpenVINO holds as ``TopK -> Squeeze -> Convert``).  They are compiled as a second model
 over the same graph: one model with both outputs would pay for the softmax on every
 labels call (5-9 % of a ResNet-101 513 call, measured).
+
+Every runner compiles with one ``ov.Core`` per process (``shared_core``), kept to the end:
+see its docstring for the crash that several Cores led to (docs/runtimes.md, "One process").
 """
 
+import functools
 import gc
 import logging
 from collections.abc import Iterable
@@ -81,6 +85,22 @@ def _convert_keeping_logging(ov: Any, path: Path) -> Any:
         root.setLevel(level)
         root.filters[:] = filters
         root.handlers[:] = handlers
+@functools.cache
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, never released (it is thread-safe).
+
+    OpenVINO's CPU plugin gives the main thread its own alternate signal stack when a Core
+    first compiles, and puts back the one it found when that Core is destroyed.  Two Cores
+    destroyed in the order they were made (a runner per Core, the first one dropped first)
+    left the main thread on a freed stack, and the next signal handled there was a segfault:
+    Python runs its handlers on the alternate stack, so the SIGTERM that stops training
+    gracefully (or drains the server) crashed the process.  With one Core that outlives the
+    others, any short-lived Core (NNCF's calibration engines make their own) nests inside it
+    and puts back a stack that is still alive.
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 class OpenVINORunner:
@@ -106,7 +126,7 @@ class OpenVINORunner:
         self.inference_precision = precision.choose_precision(inference_precision, self.runtime,
                                                     self.metadata.precision)
         self.format = formats.detect_format(self.path)
-        core = ov.Core()
+        core = shared_core()
         if self.format == formats.SAVEDMODEL:
             model = _convert_keeping_logging(ov, self.path)
         else:

@@ -77,10 +77,8 @@ class SavedModelRunner:
         self.metadata = ModelMetadata.read(self.path)
         self.inference_precision = precision.choose_precision(inference_precision, RUNTIME,
                                                     self.metadata.precision)
-        fmt = formats.detect_format(self.path)
-        if fmt != formats.SAVEDMODEL:
-            raise ValueError(f"the tensorflow runtime loads SavedModels, and {path} is an "
-                             f"{fmt} export: use --runtime openvino or onnxruntime")
+        formats.require_format(self.path, formats.SAVEDMODEL, self.runtime,
+                               "use --runtime openvino or onnxruntime")
         self.device = configure_devices(gpu_memory_growth, threads)
         self.runtime_version: str = tf.__version__
         self.oom_errors: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedError,
