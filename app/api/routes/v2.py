@@ -25,8 +25,16 @@ from app.api.upload import read_image_bytes
 from app.repository.manager import VersionState
 from model.inference import probabilities as probability_outputs
 from model.inference.contract import probabilities_of
+from model.inference.imaging import peek_size
 from model.inference.options import Tiling
-from model.inference.pipeline import decode, decode_group, resolve_group, restore
+from model.inference.pipeline import (
+    OutputFormat,
+    decode,
+    decode_group,
+    resolve_group,
+    restore,
+    working_bytes,
+)
 
 router = APIRouter(tags=["open inference protocol"])
 health_router = APIRouter(tags=["open inference protocol"])
@@ -146,29 +154,39 @@ async def infer(request: Request, held: VersionDep, settings: SettingsDep) -> Re
                                 settings.tile_max_side)
     want_confidence = protocol.CONFIDENCE_OUTPUT in parsed.outputs
     remaining = lambda: max(settings.request_timeout_s - (time.monotonic() - arrived), 0)  # noqa: E731
-    tensors: dict[str, Any] = {}
-    if want_confidence or not options.single_pass:
-        assert service.loaded is not None
-        if probabilities_of(service.loaded.segmenter) is None:
-            raise NotSupportedError("this model's runtime gives no class probabilities, which "
-                                    "tiling, scales, flip and the confidence output need")
-        group = await service.run_blocking(functools.partial(
-            decode_group, parsed.image, max_pixels=settings.max_image_pixels,
-            input_size=metadata.input_size, options=options,
-            max_model_pixels=settings.max_inference_pixels, max_tiles=settings.max_queue))
-        results = await batcher.submit_group(group.canvases, group.sizes, timeout=remaining())
-        rendered = await service.run_blocking(resolve_group, [r.output for r in results],
-                                              group, options)
-        tensors = {protocol.MASK_OUTPUT: rendered.mask,
-                   protocol.CONFIDENCE_OUTPUT: rendered.confidence}
-    else:
-        prepared = await service.run_blocking(functools.partial(
-            decode, parsed.image, max_pixels=settings.max_image_pixels,
-            input_size=metadata.input_size, keep_image=False,
-            fast_jpeg=settings.fast_jpeg_decode))
-        result = await batcher.submit(prepared.canvas, prepared.valid, timeout=remaining())
-        tensors = {protocol.MASK_OUTPUT: probability_outputs.filter_mask(
-            restore(result.labels, prepared), options.classes)}
+    # The work's memory is reserved before decoding, as /segment's (app.budget).
+    size = peek_size(parsed.image) or (1, 1)
+    if size[0] * size[1] > settings.max_image_pixels:
+        size = (1, 1)  # decoding refuses it (413 image_too_large) before any work
+    output = OutputFormat.confidence if want_confidence else OutputFormat.png
+    estimate = working_bytes(size, metadata.input_size, metadata.num_classes, options, output,
+                             batch_size=settings.max_batch_size,
+                             max_model_pixels=settings.max_inference_pixels,
+                             max_tiles=settings.max_queue)
+    async with service.budget.reserve(estimate, timeout=remaining()):
+        tensors: dict[str, Any] = {}
+        if want_confidence or not options.single_pass:
+            assert service.loaded is not None
+            if probabilities_of(service.loaded.segmenter) is None:
+                raise NotSupportedError("this model's runtime gives no class probabilities, which "
+                                        "tiling, scales, flip and the confidence output need")
+            group = await service.run_blocking(functools.partial(
+                decode_group, parsed.image, max_pixels=settings.max_image_pixels,
+                input_size=metadata.input_size, options=options,
+                max_model_pixels=settings.max_inference_pixels, max_tiles=settings.max_queue))
+            results = await batcher.submit_group(group.canvases, group.sizes, timeout=remaining())
+            rendered = await service.run_blocking(resolve_group, [r.output for r in results],
+                                                  group, options)
+            tensors = {protocol.MASK_OUTPUT: rendered.mask,
+                       protocol.CONFIDENCE_OUTPUT: rendered.confidence}
+        else:
+            prepared = await service.run_blocking(functools.partial(
+                decode, parsed.image, max_pixels=settings.max_image_pixels,
+                input_size=metadata.input_size, keep_image=False,
+                fast_jpeg=settings.fast_jpeg_decode))
+            result = await batcher.submit(prepared.canvas, prepared.valid, timeout=remaining())
+            tensors = {protocol.MASK_OUTPUT: probability_outputs.filter_mask(
+                restore(result.labels, prepared), options.classes)}
     chosen = {name: tensors[name][None] for name in parsed.outputs}
     content, header_length = protocol.encode_response(
         model=held.model, version=held.version, request_id=parsed.id, tensors=chosen,
