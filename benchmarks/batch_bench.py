@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,9 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import server_bench  # noqa: E402  (its cached export of --backbone)
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,19 +63,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
-
-
-def exported_model(args: argparse.Namespace) -> Path:
-    if args.model is not None:
-        return args.model
-    from model.config import ModelConfig
-    from model.export import cached_export
-
-    config = ModelConfig(backbone=args.backbone, output_stride=args.output_stride,
-                         input_size=args.input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Path(cached_export(config, args.cache_dir))
 
 
 def make_images(folder: Path, count: int, width: int, height: int) -> list[Path]:
@@ -152,7 +141,7 @@ def machine() -> dict[str, object]:
 def main() -> None:
     args = parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    model = exported_model(args)
+    model = Path(server_bench.saved_model(args))  # the same cached export
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="atrous-batch-bench-") as tmp:
         work = Path(tmp)
