@@ -16,11 +16,9 @@ import asyncio
 import enum
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any, TypeVar
 
 import anyio
@@ -33,6 +31,7 @@ from app.budget import MemoryBudget
 from app.loader import LoadedModel, load_segmenter
 from app.metrics import Metrics
 from app.settings import Settings
+from app.signals import DrainOnSignal
 from model.inference.contract import ModelMetadata, probabilities_of
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class Service:
         self._loader = loader
         self._load_task: asyncio.Task[None] | None = None
         self._limiter = anyio.CapacityLimiter(settings.decode_concurrency)
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = DrainOnSignal(self.mark_draining, enabled=handle_signals)
         self.failure: BaseException | None = None
         self.metrics.memory_budget.set(settings.memory_budget_bytes)
         self.budget = MemoryBudget(settings.memory_budget_bytes, self.metrics.memory_in_use)
@@ -107,7 +106,7 @@ class Service:
 
     async def start(self) -> None:
         """Installs the drain-on-SIGTERM hook and starts loading in the background."""
-        self._chain_signal_handlers()
+        self._signals.install()
         self._load_task = asyncio.create_task(self._load(), name="atrous-load")
 
     async def _load(self) -> None:
@@ -127,7 +126,7 @@ class Service:
             self.failure = e
             self.phase = Phase.FAILED
             log.critical("model loading failed: %s", e, exc_info=e)
-            self._stop_process()
+            self._signals.stop_process()
             return
         self.loaded, self.batcher = loaded, batcher
         if self.phase is Phase.LOADING:
@@ -173,7 +172,7 @@ class Service:
             self._watchdog.cancel()
         if self.batcher is not None:
             await self.batcher.stop(timeout=self.settings.shutdown_grace_s)
-        self._restore_signal_handlers()
+        self._signals.restore()
 
     async def wait_loaded(self) -> None:
         """Returns once the background load has ended, ready or failed (``phase`` says)."""
@@ -192,38 +191,6 @@ class Service:
         if self.phase is not Phase.FAILED:
             self.phase = Phase.DRAINING
         self.metrics.ready.set(0)
-
-    # SIGTERM: uvicorn's own handler (installed before the lifespan runs) stops accepting
-    # and waits for in-flight requests; ours runs first and flips /readyz to 503.
-    def _chain_signal_handlers(self) -> None:
-        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
-            return  # in-process test clients: no signals
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(sig)
-            self._previous_handlers[sig] = previous
-
-            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
-                log.info("signal %d: draining", signum)
-                self.mark_draining()
-                if callable(previous):
-                    previous(signum, frame)
-
-            signal.signal(sig, handler)
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, previous in self._previous_handlers.items():
-            if signal.getsignal(sig) is not previous and previous is not None:
-                try:
-                    signal.signal(sig, previous)
-                except (ValueError, TypeError):
-                    pass
-        self._previous_handlers.clear()
-
-    def _stop_process(self) -> None:
-        """After a failed load, asks the server to shut down (``serve`` then exits 1)."""
-        previous = self._previous_handlers.get(signal.SIGTERM)
-        if callable(previous):
-            previous(signal.SIGTERM, None)
 
 
 async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:

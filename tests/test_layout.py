@@ -56,7 +56,8 @@ def test_model_never_imports_app_or_the_client(path: Path) -> None:
 # The server: app/ but the CLI. Start-up code may reach the export side (a checkpoint is
 # checked, then exported once); nothing else may.
 SERVER = [p for p in modules("app") if "cli" not in p.parts]
-START_UP = {"loader.py": ("model.export",), "settings.py": ("model.checkpoints",)}
+START_UP = {"loader.py": ("model.export", "model.checkpoints"),  # a RUN's recorded network
+            "settings.py": ("model.checkpoints",)}
 
 
 @pytest.mark.parametrize("path", SERVER, ids=lambda p: str(p.relative_to(ROOT)))

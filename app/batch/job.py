@@ -1,16 +1,15 @@
 """One bulk job: list SRC, skip what DST already has, run an engine, finalise, report."""
 
 import dataclasses
-import hashlib
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from app.batch import engines
 from app.batch.rows import ModelSpec
 from app.batch.sources import list_source
 from app.batch.store import Store, new_run_id
+from model.inference import formats
 
 __all__ = ["JobConfig", "JobFailedError", "JobReport", "model_fingerprint", "segment_dataset"]
 
@@ -145,13 +144,6 @@ def segment_dataset(config: JobConfig) -> JobReport:
 
 
 def model_fingerprint(model: str | os.PathLike[str]) -> str:
-    """sha256 of the model directory (every file's relative path and bytes), 16 hex digits:
-    rows from different models never pass for each other."""
-    digest = hashlib.sha256()
-    root = Path(model)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    """The model directory's fingerprint (``formats.fingerprint``): rows from different
+    models never pass for each other."""
+    return formats.fingerprint(model)

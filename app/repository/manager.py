@@ -25,15 +25,11 @@ import ctypes.util
 import dataclasses
 import enum
 import gc
-import hashlib
 import logging
 import re
-import signal
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -51,6 +47,8 @@ from app.repository.layout import (
 )
 from app.service import Loader, Phase, Service
 from app.settings import Settings
+from app.signals import DrainOnSignal
+from model.inference import formats
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +110,7 @@ class ModelManager:
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handle_signals = handle_signals
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = DrainOnSignal(self.mark_draining, enabled=handle_signals)
         if settings.model_repository is not None and settings.default_model is None:
             found = sorted(scan(settings.model_repository))
             if len(found) != 1:
@@ -124,7 +122,7 @@ class ModelManager:
     async def start(self) -> None:
         """Loads the wanted versions in the background; polls the repository if asked."""
         self._lock = asyncio.Lock()
-        self._chain_signal_handlers()
+        self._signals.install()
         self._spawn(self._boot(), "atrous-boot")
 
     async def _boot(self) -> None:
@@ -137,7 +135,7 @@ class ModelManager:
                             else RuntimeError(f"no version of {self.default_model} to serve"))
             log.critical("the default model %s could not be loaded: %s", self.default_model,
                          self.failure)
-            self._stop_process()
+            self._signals.stop_process()
             return
         self._served = True
         if self.phase is Phase.LOADING:
@@ -175,7 +173,7 @@ class ModelManager:
         await asyncio.gather(*(v.service.stop() for v in versions), return_exceptions=True)
         for v in versions:
             v.service.release()
-        self._restore_signal_handlers()
+        self._signals.restore()
 
     def mark_draining(self) -> None:
         if self.phase is not Phase.FAILED:
@@ -407,35 +405,6 @@ class ModelManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- SIGTERM: uvicorn's handler stops accepting; ours runs first and turns /readyz 503 --
-    def _chain_signal_handlers(self) -> None:
-        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(sig)
-            self._previous_handlers[sig] = previous
-
-            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
-                log.info("signal %d: draining", signum)
-                self.mark_draining()
-                if callable(previous):
-                    previous(signum, frame)
-
-            signal.signal(sig, handler)
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, previous in self._previous_handlers.items():
-            if signal.getsignal(sig) is not previous and previous is not None:
-                with contextlib.suppress(ValueError, TypeError):
-                    signal.signal(sig, previous)
-        self._previous_handlers.clear()
-
-    def _stop_process(self) -> None:
-        """The default model failed at start: ask the server to stop (``serve`` exits 1)."""
-        previous = self._previous_handlers.get(signal.SIGTERM)
-        if callable(previous):
-            previous(signal.SIGTERM, None)
-
 
 class ModelLoadError(ConflictError):
     """``POST .../load`` of a model none of whose wanted versions loaded."""
@@ -473,15 +442,6 @@ def public_reason(error: BaseException | None) -> str:
 
 
 def fingerprint(loaded: LoadedModel) -> str | None:
-    """A short digest of the model files' names and bytes: two servers (or two versions)
-    that show the same fingerprint run the same model."""
-    root = Path(loaded.path)
-    if not root.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    """A short digest of the model files' names and bytes (``formats.fingerprint``): two
+    servers (or two versions) that show the same fingerprint run the same model."""
+    return formats.fingerprint(loaded.path) if Path(loaded.path).is_dir() else None

@@ -11,6 +11,7 @@ All three keep the serving signature: uint8 ``images`` [N, S, S, 3] and int32 ``
 [N, 2] in, uint8 ``labels`` [N, S, S] out.  No TensorFlow is needed to read this module.
 """
 
+import os
 from pathlib import Path
 
 SAVEDMODEL = "savedmodel"
@@ -47,3 +48,18 @@ def model_file(path: str | Path, format: str) -> Path:
     """The network file of a model directory of ``format`` (the directory itself for SavedModel)."""
     path = Path(path)
     return path if format == SAVEDMODEL else path / MODEL_FILES[format]
+
+
+def fingerprint(path: str | os.PathLike[str]) -> str:
+    """sha256 of a model directory (every file's relative path and bytes), 16 hex digits:
+    two servers, versions or bulk-job rows with the same fingerprint ran the same model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
