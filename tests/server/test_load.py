@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -156,7 +157,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server_factory, tiny_save
     except httpx.TransportError:
         late = "refused"
     thread.join(20)
-    returncode = server.process.wait(20)
+    try:
+        returncode = server.process.wait(20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running 20 s after the request ended:\n{server.log}")
     assert "error" not in outcome, outcome
     response = outcome["response"]
     assert isinstance(response, httpx.Response)
