@@ -9,7 +9,7 @@ Once ready, a watchdog checks the inference worker: if it has died, or a model c
 run past the request timeout (a hung runtime), the service turns failed (``/readyz``
 503), refuses new work and the process exits with ``EXIT_WORKER_LOST`` for its supervisor
 to restart it, instead of accepting work it cannot do.  ``budget`` is the memory budget
-requests reserve their work from (``app.budget``).
+requests reserve their work from (``app.budget``): the server's one, shared by its versions.
 """
 
 import asyncio
@@ -58,7 +58,8 @@ class Service:
     """Holds what the routes need; one per app, created by ``create_app``."""
 
     def __init__(self, settings: Settings, loader: Loader = load_segmenter, *,
-                 handle_signals: bool = True, exit_on_lost_worker: bool | None = None) -> None:
+                 budget: MemoryBudget, handle_signals: bool = True,
+                 exit_on_lost_worker: bool | None = None) -> None:
         self.settings = settings
         self._handle_signals = handle_signals
         # A model version's service (app.repository) chains no signals of its own, but in a
@@ -75,8 +76,7 @@ class Service:
         self._limiter = anyio.CapacityLimiter(settings.decode_concurrency)
         self._signals = DrainOnSignal(self.mark_draining, enabled=handle_signals)
         self.failure: BaseException | None = None
-        self.metrics.memory_budget.set(settings.memory_budget_bytes)
-        self.budget = MemoryBudget(settings.memory_budget_bytes, self.metrics.memory_in_use)
+        self.budget = budget  # the server's, shared by every model version
         self._watchdog: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
 

@@ -311,9 +311,8 @@ class ModelManager:
             update = ({"model": source.path, "checkpoint": None} if source.is_export
                       else {"model": None, "checkpoint": source.path})
             settings = settings.model_copy(update=update)
-        service = Service(settings, self._loader, handle_signals=False,
+        service = Service(settings, self._loader, budget=self.budget, handle_signals=False,
                           exit_on_lost_worker=self._handle_signals)
-        service.budget = self.budget  # one memory budget for the server, not per version
         version = ModelVersion(name, number, service, source, stamp=_stamp(source))
         version.idle.set()
         self.models.setdefault(name, {})[number] = version

@@ -35,8 +35,8 @@ class OnnxRuntimeRunner:
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
-        self.inference_precision = precision.choose_precision(inference_precision, self.runtime,
-                                                    self.metadata.precision)
+        self.inference_precision = precision.choose_precision(
+            inference_precision, self.runtime, self.metadata.precision)
         formats.require_format(self.path, formats.ONNX, self.runtime,
                                "write one with `atrous export --format onnx`")
         options = ort.SessionOptions()

@@ -85,6 +85,8 @@ def _convert_keeping_logging(ov: Any, path: Path) -> Any:
         root.setLevel(level)
         root.filters[:] = filters
         root.handlers[:] = handlers
+
+
 @functools.cache
 def shared_core() -> Any:
     """The process's one ``openvino.Core``, never released (it is thread-safe).
@@ -123,8 +125,8 @@ class OpenVINORunner:
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
-        self.inference_precision = precision.choose_precision(inference_precision, self.runtime,
-                                                    self.metadata.precision)
+        self.inference_precision = precision.choose_precision(
+            inference_precision, self.runtime, self.metadata.precision)
         self.format = formats.detect_format(self.path)
         core = shared_core()
         if self.format == formats.SAVEDMODEL:

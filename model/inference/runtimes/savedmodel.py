@@ -75,8 +75,8 @@ class SavedModelRunner:
 
         self.path = Path(path)
         self.metadata = ModelMetadata.read(self.path)
-        self.inference_precision = precision.choose_precision(inference_precision, RUNTIME,
-                                                    self.metadata.precision)
+        self.inference_precision = precision.choose_precision(
+            inference_precision, RUNTIME, self.metadata.precision)
         formats.require_format(self.path, formats.SAVEDMODEL, self.runtime,
                                "use --runtime openvino or onnxruntime")
         self.device = configure_devices(gpu_memory_growth, threads)
