@@ -62,8 +62,9 @@ def parse_request(body: bytes, header_length: str | None) -> InferenceRequest:
         raise InferenceRequestError("the inference header must be a JSON object")
     parameters = _object(request.get("parameters", {}), "parameters")
     inputs = request.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InferenceRequestError("no inputs: send one BYTES input named 'image'")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        count = len(inputs) if isinstance(inputs, list) and inputs else "no"
+        raise InferenceRequestError(f"{count} inputs: send one BYTES input named 'image'")
     image = None
     offset = split
     for tensor in inputs:

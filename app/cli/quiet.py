@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import types
 import warnings
 from collections.abc import Iterator, Sequence
@@ -102,7 +103,11 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        with stderr_swallowed():
+        # File descriptor 2 belongs to the whole process: swapping it while other threads
+        # run (``atrous serve`` imports TensorFlow in its model-loading thread) would throw
+        # their logs away. Off the main thread, only the log level and filters apply.
+        quiet = threading.current_thread() is threading.main_thread()
+        with stderr_swallowed() if quiet else contextlib.nullcontext():
             self._loader.exec_module(module)
 
     def __getattr__(self, name: str) -> Any:  # resource readers and the like

@@ -42,6 +42,7 @@ from app.repository.layout import (
     SINGLE_MODEL_NAME,
     SINGLE_MODEL_VERSION,
     VersionSource,
+    check_model_name,
     parse_version_policy,
     scan,
 )
@@ -358,6 +359,10 @@ class ModelManager:
         """The repository API's load: (re)reads ``name`` from disk and loads what its policy
         wants, retrying failed versions; the model's serving version, or ``ModelLoadError``
         if a wanted version failed (the version serving before goes on serving)."""
+        try:  # never a path outside the repository ("..") or a name no scan would list
+            check_model_name(name)
+        except ValueError as e:
+            raise ModelNotFoundError(str(e)) from None
         if self.settings.model_repository is None and name != self.default_model:
             raise ModelNotFoundError(f"no model named {name!r}")
         if self.settings.model_repository is not None and not (

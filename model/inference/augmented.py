@@ -10,7 +10,6 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
 
 from model.inference import imaging, tiling
 from model.inference import probabilities as outputs
@@ -23,7 +22,6 @@ __all__ = [
     "needs_probabilities",
     "plan_for",
     "resolve",
-    "run_plan",
     "working_bytes",
 ]
 
@@ -65,30 +63,6 @@ def plan_for(size: tuple[int, int], input_size: int, options: InferenceOptions, 
             f"({plan.model_pixels / 1e6:.1f} MP); {limit}: use fewer scales, no flip, "
             "tiling=off, or a smaller image")
     return plan
-
-
-def run_plan(probabilities: ProbabilitiesFn, image: Image.Image, plan: tiling.ImagePlan, *,
-             batch_size: int = 8) -> np.ndarray:
-    """Runs every model input of ``plan`` (``batch_size`` at a time) and merges them.
-
-    Returns:
-        float32 [rows, cols, C] probabilities at ``plan.base``.
-    """
-    canvases, sizes = tiling.cut_image(image, plan)
-    merged = np.zeros((0, 0, 0), np.float32)
-
-    def keep(top: int, rows: np.ndarray) -> None:
-        nonlocal merged
-        if merged.size == 0:
-            merged = np.empty(plan.base + rows.shape[-1:], np.float32)
-        merged[top:top + len(rows)] = rows
-
-    merge = tiling.StreamingMerge(plan, keep)
-    for start in range(0, len(canvases), batch_size):
-        for offset, tile in enumerate(probabilities(canvases[start:start + batch_size],
-                                                    sizes[start:start + batch_size])):
-            merge.add(start + offset, tile)
-    return merged
 
 
 @dataclasses.dataclass(frozen=True)

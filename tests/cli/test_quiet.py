@@ -53,3 +53,25 @@ def test_export_is_quiet_by_default_and_verbose_with_v(tmp_path: Path) -> None:
     assert "absl::InitializeLog" in verbose_out, verbose_out   # C++, before absl's setup
     assert "WARNING tensorflow: From " in verbose_out            # TensorFlow's deprecations
     assert "is deprecated" in verbose_out
+
+
+def test_an_import_off_the_main_thread_leaves_the_processs_stderr_alone() -> None:
+    """``atrous serve`` imports TensorFlow in its model-loading thread: what the other
+    threads log meanwhile (uvicorn's start-up, access lines) must still reach stderr."""
+    script = (
+        "import os, sys, threading, time\n"
+        "from app.cli.quiet import quiet_tensorflow\n"
+        "quiet_tensorflow(verbose=False)\n"
+        "worker = threading.Thread(target=lambda: __import__('tensorflow'))\n"
+        "worker.start()\n"
+        "while worker.is_alive():\n"
+        "    os.write(2, b'main thread line\\n')\n"
+        "    time.sleep(0.05)\n"
+        "worker.join()\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # Every line written while TensorFlow imported is there (one a 50 ms, the import takes
+    # seconds); with file descriptor 2 swapped for the import they were all thrown away.
+    assert done.stderr.count("main thread line") >= 5, done.stderr

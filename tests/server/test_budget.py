@@ -63,5 +63,19 @@ def test_a_wait_that_times_out_or_is_cancelled_gives_nothing_away():
     assert run(main()) == 0
 
 
-def test_the_default_limit_is_the_machine_or_cgroup_memory():
-    assert 64 * 1024 * 1024 < memory_limit_bytes() < 1 << 50
+def test_the_default_limit_is_the_machine_or_cgroup_memory(tmp_path, monkeypatch):
+    import os
+
+    from app import budget
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(budget, "_CGROUP_LIMITS", (v2, v1))
+    assert memory_limit_bytes() == ram  # no cgroup files: the machine's memory
+    v2.write_text("max\n")
+    v1.write_text(f"{1 << 62}\n")  # v1's "no limit": above the RAM
+    assert memory_limit_bytes() == ram
+    v1.write_text("2147483648\n")
+    assert memory_limit_bytes() == 2 << 30  # a container's limit
+    v2.write_text("1073741824\n")
+    assert memory_limit_bytes() == 1 << 30  # v2 read first

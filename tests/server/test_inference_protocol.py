@@ -39,6 +39,8 @@ def test_binary_and_base64_json_requests_carry_the_same_image():
     (b"{", None, "not JSON"),
     (b"[]", None, "JSON object"),
     (b'{"inputs": []}', None, "no inputs"),
+    (b'{"inputs": [{"name": "image", "datatype": "BYTES", "data": ["eA=="]}, '
+     b'{"name": "image", "datatype": "BYTES", "data": ["eQ=="]}]}', None, "2 inputs"),
     (b'{"inputs": [{"name": "pixels", "datatype": "BYTES", "data": ["eA=="]}]}', None,
      "unknown input 'pixels'"),
     (b'{"inputs": [{"name": "image", "datatype": "UINT8", "data": [1]}]}', None, "must be BYTES"),

@@ -93,14 +93,17 @@ def test_infer_gives_segments_mask(triton, image_png, segment_mask, binary):
         "default", "1", "r-1")
 
 
-def test_infer_takes_the_options_as_parameters(triton, image_png, painted_server):
+@pytest.mark.parametrize("options", [{"classes": "person"}, {"tiling": "on", "flip": True}])
+def test_infer_takes_the_options_as_parameters(triton, image_png, painted_server, options):
     expected = httpx.post(painted_server.url + "/segment", content=image_png, headers=key(),
-                          params={"classes": "person"}, timeout=30)
+                          params={k: str(v).lower() for k, v in options.items()}, timeout=30)
+    assert expected.status_code == 200, expected.text
     result = triton.infer("default", [image_input(image_png, binary=True)], headers=key(),
-                          parameters={"classes": "person"})
+                          parameters=options)
     np.testing.assert_array_equal(result.as_numpy("mask")[0],
                                   np.asarray(Image.open(io.BytesIO(expected.content))))
-    assert set(np.unique(result.as_numpy("mask"))) == {0, 15}
+    if "classes" in options:
+        assert set(np.unique(result.as_numpy("mask"))) == {0, 15}
 
 
 def test_errors_are_the_protocols_and_keys_apply(triton, image_png, painted_server):

@@ -10,7 +10,6 @@ load|unload`` exist only with ``ATROUS_ADMIN_KEYS``, and need one of those keys.
 
 import functools
 import time
-from importlib import metadata as package_metadata
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -22,6 +21,7 @@ from app.api.deps import ManagerDep, SettingsDep, VersionDep, model_path, versio
 from app.api.errors import NotSupportedError
 from app.api.routes.segment import inference_options
 from app.api.upload import read_image_bytes
+from app.batcher import BatchResult
 from app.repository.manager import VersionState
 from model.inference import probabilities as probability_outputs
 from model.inference.contract import probabilities_of
@@ -31,8 +31,8 @@ from model.inference.pipeline import (
     OutputFormat,
     decode,
     decode_group,
-    resolve_group,
     restore,
+    start_group,
     working_bytes,
 )
 
@@ -174,9 +174,16 @@ async def infer(request: Request, held: VersionDep, settings: SettingsDep) -> Re
                 decode_group, parsed.image, max_pixels=settings.max_image_pixels,
                 input_size=metadata.input_size, options=options,
                 max_model_pixels=settings.max_inference_pixels, max_tiles=settings.max_queue))
-            results = await batcher.submit_group(group.canvases, group.sizes, timeout=remaining())
-            rendered = await service.run_blocking(resolve_group, [r.output for r in results],
-                                                  group, options)
+            # Each result blended in as it arrives, as /segment does: the memory reserved
+            # above counts one tile row, not every tile's probabilities.
+            resolver = start_group(group, options)
+
+            async def fold(index: int, result: BatchResult) -> None:
+                await service.run_blocking(resolver.add, index, result.output)
+
+            await batcher.submit_group(group.canvases, group.sizes, timeout=remaining(),
+                                       consume=fold)
+            rendered = await service.run_blocking(resolver.result)
             tensors = {protocol.MASK_OUTPUT: rendered.mask,
                        protocol.CONFIDENCE_OUTPUT: rendered.confidence}
         else:
@@ -255,10 +262,8 @@ def _text(value: str | bool | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@functools.cache
 def _version() -> str:
-    try:
-        return package_metadata.version("atrous")
-    except package_metadata.PackageNotFoundError:
-        return "0"
+    from model import __version__
+
+    return __version__
 
