@@ -10,6 +10,7 @@ load|unload`` exist only with ``ATROUS_ADMIN_KEYS``, and need one of those keys.
 
 import functools
 import time
+from importlib import metadata as package_metadata
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -262,8 +263,11 @@ def _text(value: str | bool | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@functools.cache
 def _version() -> str:
-    from model import __version__
-
-    return __version__
+    # The package's own version (the server may not import `model` itself: tests/test_layout).
+    try:
+        return package_metadata.version("atrous")
+    except package_metadata.PackageNotFoundError:
+        return "0"
 
