@@ -5,8 +5,9 @@ the same rows.  Ray is imported only inside ``run_ray`` (``pip install 'atrous[r
 
 Around Ray Data's known pitfalls: its output order is not kept (every row carries its key,
 and the driver only counts them); an actor pool retries a dead actor's tasks forever by
-default (``max_restarts`` / ``max_task_retries`` bound it, and the crash quarantine in
-``rows`` marks the image that keeps killing workers); ``max_errored_blocks`` would drop
+default (``max_restarts`` bounds the restarts, so a task is retried only while its actor
+can come back, and the crash quarantine in ``rows`` marks the image that keeps killing
+workers); ``max_errored_blocks`` would drop
 whole blocks, so it stays 0 and bad images are rows, not block errors; and workers write
 their own uniquely named parts instead of ``write_parquet(mode="overwrite")``.
 """
@@ -15,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +25,7 @@ from app.batch.rows import BatchSegmenter, ModelSpec, read_rows
 from app.batch.sources import Item
 from app.batch.store import Store
 
-__all__ = ["ENGINES", "PartWorker", "RayOptions", "run_local", "run_ray"]
+__all__ = ["ENGINES", "PartWorker", "RayOptions", "RaySession", "run_local", "run_ray"]
 
 ENGINES = ("ray", "local")
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class RayOptions:
     workers: int = 1  # actors, each with the model loaded once
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # None: one node's CPUs shared out, else 1
-    max_restarts: int = 3  # per actor, and retries per task: never forever
+    max_restarts: int = 3  # per actor: never forever (tasks are retried while it restarts)
 
 
 class _RayWorker:
@@ -83,61 +85,113 @@ class _RayWorker:
                                                                      "error_code")}
 
 
-def run_ray(items: Sequence[Item], spec: ModelSpec, store: Store, *, batch_size: int,
-            max_bytes: int, progress: bool, options: RayOptions) -> float:
-    """The batches on a Ray actor pool; returns Ray's start-up time in seconds (0 when
-    this process was already connected).
+class RaySession:
+    """This job's connection to Ray, opened before the job lists SRC and closed after it.
 
-    Raises:
-        ValueError: Ray is not installed.
-        Exception: whatever Ray raises when the job itself fails (the driver exits 2).
+    ``start`` joins ``--address`` / ``$RAY_ADDRESS``, or starts a local Ray for the job; the
+    job calls it first and lists SRC, reads DST and fingerprints the model in a thread
+    meanwhile, so that Ray's start-up (seconds, most of its fixed cost on a small machine)
+    overlaps them.  It must run on the main thread: Ray's processes die with the thread that
+    started them, and only there can the caller's SIGTERM handler be put back (``ray.init``
+    replaces it with one that exits 15, skipping the job's own clean-up).  A process that is
+    already connected (a notebook, the tests) is used as it is, and left connected.
     """
-    import time
 
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise ValueError("--engine ray needs Ray: pip install 'atrous[ray]' "
-                         "(or use --engine local)") from None
-    if not items:  # all done already (--resume): no cluster to start
-        return 0.0
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    start = time.monotonic()
-    started = not ray.is_initialized()
-    if started:
-        joining = options.address or os.environ.get("RAY_ADDRESS")
+    def __init__(self, options: RayOptions) -> None:
+        self.options = options
+        self.started = False  # by this job: it shuts Ray down at the end
+        self.startup_seconds = 0.0
+
+    def start(self) -> None:
+        """Connects.
+
+        Raises:
+            ValueError: Ray is not installed.
+            Exception: whatever ``ray.init`` raises (no cluster at the address, ...).
+        """
+        import signal
+        import threading
+
+        try:
+            import ray
+            import ray.data  # noqa: F401 - imported now, not when the first batch is due
+        except ImportError:
+            raise ValueError("--engine ray needs Ray: pip install 'atrous[ray]' "
+                             "(or use --engine local)") from None
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if ray.is_initialized():
+            return
+        start = time.monotonic()
+        joining = self.options.address or os.environ.get("RAY_ADDRESS")
         # A Ray started for this job needs no dashboard; a cluster keeps its own settings.
         local: dict[str, Any] = {} if joining else {"include_dashboard": False}
-        ray.init(address=options.address, log_to_driver=log.isEnabledFor(logging.DEBUG),
+        main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if main else None
+        self.started = True  # from here on a half-started Ray is shut down too
+        ray.init(address=self.options.address, log_to_driver=log.isEnabledFor(logging.DEBUG),
                  **local)
-    startup = time.monotonic() - start if started else 0.0
-    try:
-        cpus = options.cpus_per_worker or _default_cpus(ray, options)
-        if spec.threads is None:  # the runtime uses the actor's share, not every core
-            spec = dataclasses.replace(spec, threads=max(1, int(cpus)))
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = progress
-        context.max_errored_blocks = 0  # a lost block is a failed job, never silent
-        dataset = ray.data.from_items([{"key": i.key, "uri": i.uri} for i in items],
-                                      override_num_blocks=math.ceil(len(items) / batch_size))
-        with warnings.catch_warnings():
-            # Ray 2.60 has no named parameter for an actor's restarts and task retries (its
-            # default is forever) and deprecates the remote args that bound them, for 2.64.
-            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-            results = dataset.map_batches(
-                _RayWorker, fn_constructor_kwargs={"spec": spec, "store": store,
-                                                   "max_bytes": max_bytes},
-                batch_size=batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=options.workers),
-                num_cpus=cpus, num_gpus=options.gpus_per_worker or None,
-                max_restarts=options.max_restarts, max_task_retries=options.max_restarts)
-        for _ in results.iter_batches(batch_size=None, batch_format="numpy"):
-            pass  # the rows are in DST already; Ray's bar shows the progress
-    finally:
-        if started:
-            ray.shutdown()
-    return startup
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        self.startup_seconds = time.monotonic() - start
+        log.info("ray: %s in %.1f s", "joined " + joining if joining else "started locally",
+                 self.startup_seconds)
+
+    def stop(self) -> None:
+        """Shuts down the Ray this job started (its actors with it)."""
+        if not self.started:
+            return
+        import ray
+
+        start = time.monotonic()
+        ray.shutdown()
+        self.started = False
+        log.info("ray: shut down in %.1f s", time.monotonic() - start)
+
+
+def run_ray(items: Sequence[Item], spec: ModelSpec, store: Store, *, batch_size: int,
+            max_bytes: int, progress: bool, options: RayOptions) -> None:
+    """The batches on a Ray actor pool, on the cluster a started ``RaySession`` joined.
+
+    Raises:
+        Exception: whatever Ray raises when the job itself fails (the driver exits 2).
+    """
+    import ray
+    import ray.data
+
+    if not items:  # all done already (--resume)
+        return
+    start = time.monotonic()
+    cpus = options.cpus_per_worker or _default_cpus(ray, options)
+    if spec.threads is None:  # the runtime uses the actor's share, not every core
+        spec = dataclasses.replace(spec, threads=max(1, int(cpus)))
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.max_errored_blocks = 0  # a lost block is a failed job, never silent
+    dataset = ray.data.from_items([{"key": i.key, "uri": i.uri} for i in items],
+                                  override_num_blocks=math.ceil(len(items) / batch_size))
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for an actor's restarts and task retries (its
+        # default is forever) and deprecates the remote args that bound them, for 2.64.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        results = dataset.map_batches(
+            _RayWorker, fn_constructor_kwargs={"spec": spec, "store": store,
+                                               "max_bytes": max_bytes},
+            batch_size=batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=options.workers),
+            num_cpus=cpus, num_gpus=options.gpus_per_worker or None,
+            # Task retries are not what bounds a crash loop: Ray spends them while the actor
+            # is still restarting (loading its model), so a count as small as the restarts
+            # ran out before the retry could run (ray-project/ray#44719).  The restarts
+            # bound it: once they are spent the actor is dead and its tasks fail.
+            max_restarts=options.max_restarts, max_task_retries=-1)
+    first = None
+    for _ in results.iter_batches(batch_size=None, batch_format="numpy"):
+        # The rows are in DST already; Ray's bar shows the progress.
+        if first is None:
+            first = time.monotonic() - start
+            log.info("ray: first batch back %.1f s after the pipeline started (actors "
+                     "started, model loaded)", first)
+    log.info("ray: %d images in %.1f s", len(items), time.monotonic() - start)
 
 
 def _default_cpus(ray: Any, options: RayOptions) -> float:

@@ -1,5 +1,6 @@
 """One bulk job: list SRC, skip what DST already has, run an engine, finalise, report."""
 
+import concurrent.futures
 import dataclasses
 import os
 import time
@@ -7,7 +8,7 @@ from typing import Any
 
 from app.batch import engines
 from app.batch.rows import ModelSpec
-from app.batch.sources import list_source
+from app.batch.sources import Item, list_source
 from app.batch.store import Store, new_run_id
 from model.inference import formats
 
@@ -60,7 +61,7 @@ class JobReport:
     failed: dict[str, tuple[str, str]]  # key -> (error code, message)
     missing: tuple[str, ...]  # inputs without a row: the job did not complete
     superseded: int  # rows dropped at the end (retried errors, batches run twice)
-    seconds: float
+    seconds: float  # listing SRC, Ray's start-up and the run (not the finalise)
     startup_seconds: float  # Ray's start (0 for local, or when already connected)
     completed: bool
 
@@ -100,47 +101,85 @@ class JobFailedError(RuntimeError):
 def segment_dataset(config: JobConfig) -> JobReport:
     """Runs the job; returns its report (also written to ``DST/_summary.json``).
 
+    With the Ray engine, Ray starts (or is joined) first, on this thread, while another one
+    lists SRC, reads DST and fingerprints the model (``engines.RaySession``).
+
     Raises:
-        ValueError: a bad SRC, DST or option (nothing was run).
+        ValueError: a bad SRC, DST or option, or Ray not installed (nothing was run).
         FileExistsError: DST holds results and ``resume`` is off.
         JobFailedError: the engine failed part way (``report`` says how far it got).
         KeyboardInterrupt: interrupted; the parts written so far are complete.
     """
-    run = new_run_id()
-    items = list_source(config.source)
-    store = Store(config.destination, config.output, run)
-    store.open(resume=config.resume)
-    done = store.ok_keys() if config.resume else set()
-    pending = [item for item in items if item.key not in done]
-    spec = config.model
-    if not spec.fingerprint:
-        spec = dataclasses.replace(spec, fingerprint=model_fingerprint(spec.model))
     start = time.monotonic()
-    startup, failure = 0.0, None
-    try:
-        if config.engine == "local":
-            engines.run_local(pending, spec, store, batch_size=config.batch_size,
-                              max_bytes=config.max_bytes, progress=config.progress)
-        else:
-            startup = engines.run_ray(pending, spec, store, batch_size=config.batch_size,
-                                      max_bytes=config.max_bytes, progress=config.progress,
-                                      options=config.ray)
-    except (ValueError, KeyboardInterrupt):
-        raise
-    except Exception as e:  # noqa: BLE001 - Ray's and the runtime's: the job failed
-        failure = e
+    session = engines.RaySession(config.ray) if config.engine == "ray" else None
+    failure: BaseException | None = None
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="atrous-job") as pool:
+        preparing = pool.submit(_prepare, config)
+        try:
+            if session is not None:
+                try:
+                    session.start()
+                except ValueError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - no cluster: the job failed
+                    failure = e
+            job = preparing.result()
+            if failure is None:
+                try:
+                    _run(config, job)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - Ray's and the runtime's: the job failed
+                    failure = e
+        finally:
+            if session is not None:
+                session.stop()
     seconds = time.monotonic() - start
-    tally = store.finalise([item.key for item in items])
+    tally = job.store.finalise([item.key for item in job.items])
     report = JobReport(
         source=config.source, destination=config.destination, engine=config.engine,
-        output=config.output, model=spec.fingerprint, inputs=len(items), skipped=len(done),
-        processed=len(pending), ok=tally.ok, failed=tally.errors, missing=tally.missing,
-        superseded=tally.superseded, seconds=seconds, startup_seconds=startup,
+        output=config.output, model=job.spec.fingerprint, inputs=len(job.items),
+        skipped=len(job.done), processed=len(job.pending), ok=tally.ok, failed=tally.errors,
+        missing=tally.missing, superseded=tally.superseded, seconds=seconds,
+        startup_seconds=session.startup_seconds if session is not None else 0.0,
         completed=failure is None and not tally.missing)
-    store.write_summary(report.to_dict(), success=report.completed)
+    job.store.write_summary(report.to_dict(), success=report.completed)
     if failure is not None:
         raise JobFailedError(f"{type(failure).__name__}: {failure}", report) from failure
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What the driver knows before any image runs."""
+
+    items: list[Item]  # every input
+    store: Store
+    done: set[str]  # keys with an ok row already (--resume)
+    pending: list[Item]  # the inputs to run now
+    spec: ModelSpec  # fingerprinted
+
+
+def _prepare(config: JobConfig) -> _Job:
+    """Lists SRC, opens DST (and reads what it holds, on resume), fingerprints the model."""
+    items = list_source(config.source)
+    store = Store(config.destination, config.output, new_run_id())
+    store.open(resume=config.resume)
+    done = store.ok_keys() if config.resume else set()
+    spec = config.model
+    if not spec.fingerprint:
+        spec = dataclasses.replace(spec, fingerprint=model_fingerprint(spec.model))
+    return _Job(items, store, done, [item for item in items if item.key not in done], spec)
+
+
+def _run(config: JobConfig, job: _Job) -> None:
+    if config.engine == "local":
+        engines.run_local(job.pending, job.spec, job.store, batch_size=config.batch_size,
+                          max_bytes=config.max_bytes, progress=config.progress)
+    else:
+        engines.run_ray(job.pending, job.spec, job.store, batch_size=config.batch_size,
+                        max_bytes=config.max_bytes, progress=config.progress,
+                        options=config.ray)
 
 
 def model_fingerprint(model: str | os.PathLike[str]) -> str:
