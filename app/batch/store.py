@@ -21,10 +21,13 @@ import functools
 import hashlib
 import json
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from model.atomic import atomic_write_bytes
 
 __all__ = ["FileClaims", "Store", "Tally", "new_run_id", "schema"]
 
@@ -32,6 +35,10 @@ SUCCESS = "_SUCCESS"
 SUMMARY = "_summary.json"
 MANIFEST = "_manifest"
 CLAIMS = "_claims"
+
+#: The temporary names ``_put`` writes under, and leaves behind when killed mid-write:
+#: ``model.atomic``'s ``.NAME.XXXXXXXX`` (a local disk) or ``.NAME.<hex8>.tmp``.
+_TEMPORARY = re.compile(r"\..+\.([a-z0-9_]{8}|[0-9a-f]{8}\.tmp)")
 
 
 @functools.cache
@@ -76,8 +83,16 @@ class Store:
             raise ValueError(f"output must be parquet or png, got {output!r}")
         self.destination, self.output, self.run = destination, output, run
         self.fs, self.root = fsspec.core.url_to_fs(destination)
+        self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
         self.rows_dir = self.root if output == "parquet" else posixpath.join(self.root, MANIFEST)
         self.claims_dir = posixpath.join(self.root, CLAIMS, run)
+        # What _best has read: part -> its keys, and each key's winning row so far.
+        self._scanned: dict[str, list[str]] = {}
+        self._winners: dict[str, _Winner] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Workers get the destination, not what the driver has read of it."""
+        return {**self.__dict__, "_scanned": {}, "_winners": {}}
 
     # --- the driver ------------------------------------------------------------------------
 
@@ -91,12 +106,17 @@ class Store:
             stale = posixpath.join(self.root, CLAIMS)
             if self.fs.exists(stale):
                 self.fs.rm(stale, recursive=True)
-            for temporary in self.fs.glob(posixpath.join(self.rows_dir, ".part-*.tmp")):
-                self.fs.rm(temporary)  # a part a killed run never finished
+            for temporary in self._temporaries():
+                self.fs.rm(temporary)  # a part or a mask a killed run never finished
             for marker in (SUCCESS, SUMMARY):
                 if self.fs.exists(posixpath.join(self.root, marker)):
                     self.fs.rm(posixpath.join(self.root, marker))
         self.fs.makedirs(self.rows_dir, exist_ok=True)
+
+    def _temporaries(self) -> list[str]:
+        """Every file ``_put`` left under a temporary name (rows, masks, the summary)."""
+        return [path for path in self.fs.find(self.root)
+                if _TEMPORARY.fullmatch(posixpath.basename(path))]
 
     def parts(self) -> list[str]:
         """Every complete part, oldest run first."""
@@ -109,23 +129,26 @@ class Store:
     def finalise(self, keys: Sequence[str]) -> Tally:
         """Leaves one row per key (``ok`` over ``error``, then the later run), dropping the
         rest part by part (a part rewritten under a temporary name, then renamed over);
-        each step is atomic, so a finalise interrupted and rerun ends the same."""
+        each step is atomic, so a finalise interrupted and rerun ends the same.  Only the
+        parts written since ``ok_keys`` are read again, and only the parts that hold a
+        superseded row are read whole."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         best = self._best()
         superseded = 0
-        for part in self.parts():
-            table = pq.read_table(part, filesystem=self.fs, schema=schema())
+        for part, part_keys in self._scanned.items():
             winners = [best[key].part == part and best[key].row == index
-                       for index, key in enumerate(table.column("key").to_pylist())]
+                       for index, key in enumerate(part_keys)]
             if all(winners):
                 continue
             superseded += len(winners) - sum(winners)
             if any(winners):
+                table = pq.read_table(part, filesystem=self.fs, schema=schema())
                 self._put(part, _parquet(table.filter(pa.array(winners))))
             else:
                 self.fs.rm(part)
+        self._scanned, self._winners = {}, {}  # the parts changed: a later call reads again
         wanted = set(keys)
         errors = {key: (row.error_code or "", row.error or "") for key, row in best.items()
                   if row.status == "error" and key in wanted}
@@ -145,20 +168,25 @@ class Store:
             self._put(posixpath.join(self.root, SUCCESS), b"")
 
     def _best(self) -> dict[str, "_Winner"]:
-        """key -> its winning row: ``ok`` over ``error``, then the later part."""
+        """key -> its winning row: ``ok`` over ``error``, then the later part.  Reads the
+        key and status columns of the parts not read yet (a resumed job read the older
+        ones at its start, and every part of this run sorts after them)."""
         import pyarrow.parquet as pq
 
-        best: dict[str, _Winner] = {}
         for part in self.parts():  # oldest first: a later row wins a tie
+            if part in self._scanned:
+                continue
             table = pq.read_table(part, columns=["key", "status", "error_code", "error"],
                                   filesystem=self.fs)
+            part_keys = table.column("key").to_pylist()
+            self._scanned[part] = part_keys
             for index, (key, status, code, message) in enumerate(zip(
-                    *(table.column(c).to_pylist()
-                      for c in ("key", "status", "error_code", "error")), strict=True)):
-                current = best.get(key)
+                    part_keys, *(table.column(c).to_pylist()
+                                 for c in ("status", "error_code", "error")), strict=True)):
+                current = self._winners.get(key)
                 if current is None or status == "ok" or current.status != "ok":
-                    best[key] = _Winner(status, part, index, code, message)
-        return best
+                    self._winners[key] = _Winner(status, part, index, code, message)
+        return self._winners
 
     # --- the workers -----------------------------------------------------------------------
 
@@ -183,7 +211,12 @@ class Store:
         return FileClaims(self.fs, self.claims_dir)
 
     def _put(self, path: str, data: bytes) -> None:
-        """Writes under a hidden temporary name in the same folder, then renames."""
+        """Writes under a hidden temporary name in the same folder, then renames: on a local
+        disk with ``model.atomic`` (fsynced, so a power cut leaves the old file or the new
+        one), elsewhere with the filesystem's own rename (an object store's copy)."""
+        if self.local:
+            atomic_write_bytes(path, data)
+            return
         folder, name = posixpath.split(path)
         self.fs.makedirs(folder, exist_ok=True)
         temporary = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
