@@ -16,6 +16,9 @@ under its own claim, and an image whose own claim survived a death is marked
 
 import concurrent.futures
 import dataclasses
+import functools
+import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -23,7 +26,8 @@ from typing import Any, Protocol
 from model.inference import augmented, encoding, imaging, pipeline
 from model.inference.options import InferenceOptions, parse_classes, parse_tiling
 
-__all__ = ["ERROR_CODES", "BatchSegmenter", "Claims", "ModelSpec", "read_rows"]
+__all__ = ["ERROR_CODES", "BatchSegmenter", "Claims", "ModelSpec", "inference_options",
+           "read_rows"]
 
 #: Every error code a row can carry, and what it means.
 ERROR_CODES = {
@@ -38,6 +42,10 @@ ERROR_CODES = {
 }
 
 _READ_THREADS = 8  # object stores answer slowly but in parallel
+
+#: Pillow names the buffer it read (``<_io.BytesIO object at 0x7f...>``): an address that
+#: differs from run to run and engine to engine, so rows drop it.
+_OBJECT_ADDRESS = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +63,34 @@ class ModelSpec:
     batch_size: int = 8  # model inputs per call on the tiling / scales / flip path
     max_pixels: int = 40_000_000
     fingerprint: str = ""
+    # Tests only, as the server's ATROUS_TEST_FAULT: "raise@KEY" makes every model call
+    # whose images include KEY raise; "exit@KEY" ends the worker process there, as a
+    # segfault or the OOM killer would.
+    test_fault: str | None = None
+
+
+def inference_options(spec: ModelSpec, labels: Sequence[str]) -> InferenceOptions:
+    """The options ``spec`` asks for, checked against the model's labels.
+
+    Raises:
+        ValueError: a bad tiling, scale or class (the driver checks before any worker).
+    """
+    return InferenceOptions(
+        tiling=parse_tiling(spec.tiling), scales=spec.scales, flip=spec.flip,
+        classes=parse_classes(list(spec.classes), list(labels)) if spec.classes else None)
 
 
 def read_rows(rows: Sequence[dict[str, Any]], *, max_bytes: int) -> list[dict[str, Any]]:
     """``{key, uri}`` rows -> the same with ``bytes`` (or ``error_code`` / ``error``)."""
-    with concurrent.futures.ThreadPoolExecutor(min(_READ_THREADS, max(1, len(rows)))) as pool:
-        return list(pool.map(lambda row: _read(row, max_bytes), rows))
+    return list(_readers().map(lambda row: _read(row, max_bytes), rows))
+
+
+@functools.cache
+def _readers() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's reading threads, made once (a batch is a few images, a job thousands
+    of batches)."""
+    return concurrent.futures.ThreadPoolExecutor(_READ_THREADS,
+                                                 thread_name_prefix="atrous-read")
 
 
 def _read(row: dict[str, Any], max_bytes: int) -> dict[str, Any]:
@@ -75,8 +105,7 @@ def _read(row: dict[str, Any], max_bytes: int) -> dict[str, Any]:
                     "error": f"the file is {size} bytes; the limit is {max_bytes}"}
         return {**out, "bytes": fs.cat_file(path)}
     except (OSError, ValueError) as e:  # missing, a directory, no permission, I/O
-        return {**out, "error_code": "unreadable",
-                "error": f"{type(e).__name__}: {e}"[:300]}
+        return {**out, "error_code": "unreadable", "error": f"{type(e).__name__}: {_message(e)}"}
 
 
 class Claims(Protocol):
@@ -101,11 +130,8 @@ class BatchSegmenter:
         self.segmenter = load_runtime(spec.model, spec.runtime, threads=spec.threads,
                                       inference_precision=spec.inference_precision)
         self.runtime = self.segmenter.runtime
-        labels = self.segmenter.metadata.labels
-        self.labels = labels
-        self.options = InferenceOptions(
-            tiling=parse_tiling(spec.tiling), scales=spec.scales, flip=spec.flip,
-            classes=parse_classes(list(spec.classes), labels) if spec.classes else None)
+        self.labels = self.segmenter.metadata.labels
+        self.options = inference_options(spec, self.labels)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         decoded: list[tuple[int, Any, float]] = []
@@ -122,7 +148,7 @@ class BatchSegmenter:
                     augmented.plan_for(image.size, self.segmenter.metadata.input_size,
                                        self.options)
             except imaging.ImageError as e:
-                results[index] = self._error(row, _image_error_code(e), str(e),
+                results[index] = self._error(row, _image_error_code(e), _message(e),
                                              _ms(start))
                 continue
             decoded.append((index, image, _ms(start)))
@@ -147,8 +173,8 @@ class BatchSegmenter:
                  decoded: list[tuple[int, Any, float]]) -> list[tuple[Any, float]]:
         start = time.perf_counter()
         try:
-            masks = pipeline.segment_masks(self.segmenter, [image for _, image, _ in decoded],
-                                           self.options, batch_size=self.spec.batch_size)
+            masks = self._masks([rows[i]["key"] for i, _, _ in decoded],
+                                [image for _, image, _ in decoded])
         except Exception:  # noqa: BLE001 - the batch as a whole: find the culprit alone
             return self._one_by_one(rows, decoded, claim=False)
         share = _ms(start) / len(decoded)
@@ -166,15 +192,20 @@ class BatchSegmenter:
                 self.claims.release(key, alone=True)
                 continue
             try:
-                (mask,) = pipeline.segment_masks(self.segmenter, [image], self.options,
-                                                 batch_size=self.spec.batch_size)
+                (mask,) = self._masks(key, [image])
                 out.append((mask, _ms(start)))
             except Exception as e:  # noqa: BLE001 - a runtime error on this image only
-                out.append((_Failure("inference_failed", f"{type(e).__name__}: {e}"[:300]),
+                out.append((_Failure("inference_failed", f"{type(e).__name__}: {_message(e)}"),
                             _ms(start)))
             if claim and self.claims is not None:
                 self.claims.release(key, alone=True)
         return out
+
+    def _masks(self, keys: Sequence[str], images: Sequence[Any]) -> list[Any]:
+        if self.spec.test_fault:
+            _inject(self.spec.test_fault, keys)
+        return pipeline.segment_masks(self.segmenter, list(images), self.options,
+                                      batch_size=self.spec.batch_size)
 
     def _ok(self, row: dict[str, Any], mask: Any, ms: float, start: float) -> dict[str, Any]:
         height, width = mask.shape
@@ -206,6 +237,18 @@ class _Failure:
     message: str
 
 
+def _inject(fault: str, keys: Sequence[str]) -> None:
+    """``ModelSpec.test_fault``: misbehaves if ``keys`` include the poisoned one."""
+    from app.faults import InjectedFault
+
+    kind, _, key = fault.partition("@")
+    if key not in keys:
+        return
+    if kind == "exit":
+        os._exit(70)  # no clean-up, no exception: the process is simply gone
+    raise InjectedFault(f"injected fault: a model call with {key} raised")
+
+
 def _image_error_code(error: imaging.ImageError) -> str:
     if isinstance(error, augmented.WorkTooLargeError):
         return "work_too_large"
@@ -214,6 +257,11 @@ def _image_error_code(error: imaging.ImageError) -> str:
     if isinstance(error, imaging.UnsupportedImageError):
         return "unsupported_image"
     return "corrupt_image"
+
+
+def _message(error: Exception) -> str:
+    """An exception's text for a row: without object addresses, at most 300 characters."""
+    return _OBJECT_ADDRESS.sub("", str(error))[:300]
 
 
 def _ms(start: float) -> float:

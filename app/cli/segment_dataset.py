@@ -41,7 +41,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cpus-per-worker", type=float, default=None,
                         help="default: one machine's CPUs shared out, else 1 on a cluster")
     parser.add_argument("--max-restarts", type=int, default=3,
-                        help="restarts of a crashed actor, and retries of its task")
+                        help="restarts of a crashed actor (its batch is retried on the "
+                             "restarted actor); at least 2 for the crash quarantine")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call")
     parser.add_argument("--output", choices=("parquet", "png"), default="parquet",
                         help="parquet: masks inside the rows; png: DST/<key>.png and "
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         tiling=args.tiling, scales=parse_scales(args.scales) if args.scales else (1.0,),
         flip=args.flip, classes=tuple(args.classes.split(",")) if args.classes else None,
         max_pixels=args.max_pixels)
-    _check_classes(spec)
+    _check_options(spec)
     config = JobConfig(
         source=str(args.source), destination=str(args.destination), model=spec,
         engine=args.engine, batch_size=args.batch_size, output=args.output, resume=args.resume,
@@ -108,14 +109,13 @@ def _model_dir(args: argparse.Namespace) -> Path:
                                   checkpoint=args.checkpoint))
 
 
-def _check_classes(spec: Any) -> None:
-    """A bad --tiling/--classes fails here (exit 2), not in every worker."""
+def _check_options(spec: Any) -> None:
+    """A bad --tiling/--scales/--classes fails here (exit 2), not in every worker; the
+    model's labels come from its metadata file, without loading it."""
+    from app.batch.rows import inference_options
     from model.inference.contract import ModelMetadata
-    from model.inference.options import InferenceOptions, parse_classes, parse_tiling
 
-    labels = ModelMetadata.read(spec.model).labels
-    InferenceOptions(tiling=parse_tiling(spec.tiling), scales=spec.scales, flip=spec.flip,
-                     classes=parse_classes(list(spec.classes), labels) if spec.classes else None)
+    inference_options(spec, ModelMetadata.read(spec.model).labels)
 
 
 def _print(report: Any) -> None:
