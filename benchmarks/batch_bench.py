@@ -10,11 +10,15 @@ Measured per engine (the whole command, process start to exit, as a user waits f
   loop), and ``segment-per-image``: one process per image on ``--loop-sample`` images (a
   shell loop of ``atrous segment``), extrapolated as images/s.
 
-Rounds alternate the engines so that drifting machine load hits them alike.
+Rounds alternate the engines (and reverse their order every other round) so that drifting
+machine load hits them alike; ``ray_over_local`` is the ratio of the mean images/s, and
+``ray_over_local_by_round`` each round's own.  The JSON goes to ``--json`` (by default
+``benchmarks/batch_bench_<backbone>_<images>.json``).
 
 Usage::
 
-    python benchmarks/batch_bench.py                                   # ResNet-101, 300 images
+    python benchmarks/batch_bench.py                  # ResNet-101, 300 images, 2 rounds
+    python benchmarks/batch_bench.py --engines ray,local --images 200 --rounds 4
     python benchmarks/batch_bench.py --backbone cifar_resnet_20 --input-size 129 --images 64
 
 Target (issue 16): on one 2-core machine the Ray engine reaches >= 0.9x the local engine's
@@ -60,8 +64,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engines", default="ray,local,segment,segment-per-image")
     parser.add_argument("--loop-sample", type=int, default=3,
                         help="images for the one-process-per-image loop")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path,
+                        help="write the results here [default: "
+                             "benchmarks/batch_bench_<backbone>_<images>.json]")
     return parser.parse_args()
 
 
@@ -163,9 +169,16 @@ def main() -> None:
               "mean_images_per_s": {k: round(v, 3) for k, v in means.items()}}
     if "ray" in means and "local" in means:
         report["ray_over_local"] = round(means["ray"] / means["local"], 3)
+        per_round = {(r["round"], r["engine"]): float(r["images_per_s"])  # type: ignore[arg-type]
+                     for r in results}
+        report["ray_over_local_by_round"] = [
+            round(per_round[(i, "ray")] / per_round[(i, "local")], 3)
+            for i in range(args.rounds)]
+    report["load_average_at_end"] = os.getloadavg()
     print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    out = args.json or REPO / "benchmarks" / f"batch_bench_{args.backbone}_{args.images}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

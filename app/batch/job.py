@@ -61,7 +61,7 @@ class JobReport:
     failed: dict[str, tuple[str, str]]  # key -> (error code, message)
     missing: tuple[str, ...]  # inputs without a row: the job did not complete
     superseded: int  # rows dropped at the end (retried errors, batches run twice)
-    seconds: float  # listing SRC, Ray's start-up and the run (not the finalise)
+    seconds: float  # listing SRC, Ray's start and shutdown, the run (not the finalise)
     startup_seconds: float  # Ray's start (0 for local, or when already connected)
     completed: bool
 
