@@ -148,6 +148,7 @@ def main() -> None:
     args = parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     model = Path(server_bench.saved_model(args))  # the same cached export
+    host = machine()
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="atrous-batch-bench-") as tmp:
         work = Path(tmp)
@@ -163,7 +164,7 @@ def main() -> None:
     for r in results:
         by_engine.setdefault(str(r["engine"]), []).append(float(r["images_per_s"]))  # type: ignore[arg-type]
     means = {engine: statistics.fmean(values) for engine, values in by_engine.items()}
-    report = {"machine": machine(), "model": str(model), "backbone": args.backbone,
+    report = {"machine": host, "model": str(model), "backbone": args.backbone,
               "input_size": args.input_size, "images": args.images, "size": args.size,
               "batch_size": args.batch_size, "workers": args.workers, "results": results,
               "mean_images_per_s": {k: round(v, 3) for k, v in means.items()}}
