@@ -152,7 +152,7 @@ def test_ray_pool_of_two_writes_one_row_per_image(zoo, ray_cluster, tiling_saved
         k: _comparable(r) for k, r in rows.items()}
 
 
-def test_resume_after_kill_9_of_the_driver_png_output_pool_of_one(
+def test_resume_after_sigterm_and_kill_9_of_the_driver_png_output_pool_of_one(
         zoo, ray_cluster, tiling_saved_model, reference_masks, tmp_path):
     many = tmp_path / "many"
     many.mkdir()
@@ -165,16 +165,27 @@ def test_resume_after_kill_9_of_the_driver_png_output_pool_of_one(
                "--model", str(tiling_saved_model), "--address", ray_cluster, "--workers", "2",
                "--batch-size", "1", "--output", "png", "--no-progress"]
     log = tmp_path / "driver.log"
-    with log.open("wb") as out:
-        driver = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        deadline = time.monotonic() + 120
-        while not list((dst / "_manifest").glob("part-*.parquet")):
-            assert driver.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.01)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+
+    def interrupt(sig: signal.Signals, *extra: str) -> int:
+        """Runs a driver until it has written one part more, then signals it."""
+        parts = dst / "_manifest"
+        before = len(list(parts.glob("part-*.parquet")))
+        with log.open("wb") as out:
+            driver = subprocess.Popen([*command, *extra], cwd=REPO, stdout=out,
+                                      stderr=subprocess.STDOUT,
+                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            deadline = time.monotonic() + 120
+            while len(list(parts.glob("part-*.parquet"))) <= before:
+                assert driver.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.01)
+            driver.send_signal(sig)
+            return driver.wait()
+
+    # SIGTERM is Ctrl-C: exit 2 after the clean-up (ray.init's own handler would exit 15).
+    assert interrupt(signal.SIGTERM) == 2, log.read_text()
+    assert "interrupted; rerun with --resume" in log.read_text()
+    interrupt(signal.SIGKILL, "--resume")
     assert not (dst / "_SUCCESS").exists()
     done_before = len(Store(str(dst), "png", "probe").ok_keys())
 
