@@ -175,7 +175,8 @@ class Server:
     def __init__(self, src: Path, model: Path, workers: int, args: argparse.Namespace,
                  log: Path) -> None:
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": f"{src}:{src / 'client'}", "PYTHONUNBUFFERED": "1",
+        path = os.pathsep.join([str(src), str(src / "client"), os.environ.get("PYTHONPATH", "")])
+        env = {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep), "PYTHONUNBUFFERED": "1",
                "ATROUS_HOST": "127.0.0.1", "ATROUS_PORT": str(self.port),
                "ATROUS_MODEL": str(model), "ATROUS_RUNTIME": args.runtime,
                "ATROUS_WORKERS": str(workers), "ATROUS_MAX_QUEUE": "1024",
@@ -232,6 +233,38 @@ class Server:
         self._log.close()
 
 
+def stage_totals(port: int) -> dict[str, float]:
+    """Sums and counts of the server's stage and batch-size histograms (``/metrics``)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("atrous_stage_duration_seconds", "atrous_batch_size"):
+            continue
+        for sample in family.samples:
+            suffix = sample.name.rpartition("_")[2]
+            if suffix in ("sum", "count"):
+                key = f"{sample.labels.get('stage', 'batch')}_{suffix}"
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
+
+
+def stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean ms per image of each stage, and the mean batch size, over the measurement."""
+    means = {}
+    for key in after:
+        if key.endswith("_count"):
+            name = key[:-6]
+            count = after[key] - before.get(key, 0.0)
+            total = after.get(name + "_sum", 0.0) - before.get(name + "_sum", 0.0)
+            if count:
+                means[name if name == "batch" else f"{name}_ms"] = (
+                    total / count if name == "batch" else 1000 * total / count)
+    return means
+
+
 def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namespace,
             client_procs: int) -> dict:
     import httpx
@@ -251,8 +284,10 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
         p.start()
     time.sleep(max(0.0, start - time.monotonic()))
     cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+    stages_before = stage_totals(server.port)
     time.sleep(max(0.0, stop - time.monotonic()))
     cpu_after, wall_after = server.cpu_seconds(), time.monotonic()
+    stages = stage_means(stages_before, stage_totals(server.port))
     outs = [results.get(timeout=120) for _ in loaders]
     for p in loaders:
         p.join()
@@ -277,6 +312,7 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
         "connection_errors": sum(o["errors"] for o in outs),
         "first_error": next((o["error"] for o in outs if "error" in o), None),
         "response_bytes": len(reference.content),
+        "stages": {k: round(v, 2) for k, v in stages.items()},
     }
 
 
@@ -310,7 +346,7 @@ def describe(src: Path) -> str:
 
 def main() -> None:
     args = parse_args()
-    model = tiny_model(args)
+    model = tiny_model(args).resolve()
     client_procs = args.client_procs or max(1, (os.cpu_count() or 2) // 4)
     jpeg = test_jpeg()
     info = {**machine(), "model": str(model), "runtime": args.runtime,
@@ -340,7 +376,8 @@ def main() -> None:
                               f"{row['event_loop_cpu_ms_per_image'] or 0:.2f}), p50 "
                               f"{row['p50_ms'] or 0:.1f} ms, p99 {row['p99_ms'] or 0:.1f} ms, "
                               f"other {row['other_statuses']}, wrong {row['wrong_bytes']}, "
-                              f"conn errors {row['connection_errors']}", flush=True)
+                              f"conn errors {row['connection_errors']}; {row['stages']}",
+                              flush=True)
                 finally:
                     server.stop()
     result = {"machine": info, "bare_images_per_s": bare, "rows": rows}
