@@ -22,7 +22,8 @@ that they never go backwards), gauges merged by their ``multiprocess_mode`` over
 ones (a worker's live gauges go when its supervisor calls ``mark_process_dead``).  Files
 cannot forget, so there an unloaded version's series stay (its live gauges zeroed) until the
 directory is emptied, at the next start.  The mode is chosen when prometheus-client is
-imported: the variable must be set before the process starts.
+imported: the variable must be set before the process starts.  Values are keyed there by
+process, name and labels, not by registry: one app per process in that mode.
 """
 
 import os
@@ -42,8 +43,8 @@ MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0)
 _VERSION_LABELS = ("model", "version")
-# Shared by the server's and the versions' families of the same name: in multiprocess mode
-# the help text is part of a value's key, and one family must not read as two.
+# Shared by the server's and the versions' families of the same name, shown as one family
+# with one help text (in multiprocess mode it is stored with every value; the first read wins).
 _READY_HELP = "1 when the model is loaded and warmed"
 _REJECTIONS_HELP = "Requests refused or dropped, by reason"
 # Readiness is merged with the *least* value over the live workers ("livemin"): the node
