@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from app.metrics import Metrics
+from app.metrics import VersionSeries
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Batcher:
 
     def __init__(self, model: ModelFn, *, max_batch_size: int, max_delay_s: float,
                  max_queue: int, oom_errors: tuple[type[BaseException], ...] = (MemoryError,),
-                 metrics: Metrics | None = None,
+                 metrics: VersionSeries | None = None,
                  probabilities: ModelFn | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s >= 0")

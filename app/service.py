@@ -9,7 +9,8 @@ Once ready, a watchdog checks the inference worker: if it has died, or a model c
 run past the request timeout (a hung runtime), the service turns failed (``/readyz``
 503), refuses new work and the process exits with ``EXIT_WORKER_LOST`` for its supervisor
 to restart it, instead of accepting work it cannot do.  ``budget`` is the memory budget
-requests reserve their work from (``app.budget``): the server's one, shared by its versions.
+requests reserve their work from (``app.budget``): the server's one, shared by its versions;
+``metrics`` the version's own series (``app.metrics.VersionSeries``).
 """
 
 import asyncio
@@ -27,7 +28,7 @@ from app.api.errors import NotReadyError
 from app.batcher import Batcher
 from app.budget import MemoryBudget
 from app.loader import LoadedModel, load_segmenter
-from app.metrics import Metrics
+from app.metrics import VersionSeries
 from app.settings import Settings
 from app.signals import DrainOnSignal
 from model.inference.contract import ModelMetadata, probabilities_of
@@ -56,7 +57,7 @@ class Service:
     """Holds what the routes need; one per app, created by ``create_app``."""
 
     def __init__(self, settings: Settings, loader: Loader = load_segmenter, *,
-                 budget: MemoryBudget, handle_signals: bool = True,
+                 budget: MemoryBudget, metrics: VersionSeries, handle_signals: bool = True,
                  exit_on_lost_worker: bool | None = None) -> None:
         self.settings = settings
         self._handle_signals = handle_signals
@@ -64,7 +65,7 @@ class Service:
         # server process a lost worker must still end the process.
         self._exit_on_lost_worker = (handle_signals if exit_on_lost_worker is None
                                      else exit_on_lost_worker)
-        self.metrics = Metrics(settings.max_batch_size)
+        self.metrics = metrics
         self.phase = Phase.LOADING
         self.loaded: LoadedModel | None = None
         self.batcher: Batcher | None = None
