@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -107,6 +108,11 @@ def test_a_dead_process_s_gauges_go_once_marked_dead_and_its_counts_stay(node):
     survivor, victim = node.start(2)
     response = httpx.post(victim.url + "/segment", content=png(0), timeout=30)
     assert response.status_code == 200, response.text
+    # The request is counted once its response has gone out: wait for that before the kill.
+    deadline = time.monotonic() + 10
+    while value(samples(survivor.url), "atrous_requests_total", route="/segment",
+                method="POST", status="200") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     victim.process.send_signal(signal.SIGKILL)  # no shutdown of its own: as a crash
     victim.process.wait(10)
 
