@@ -58,7 +58,6 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_segmen
     app.state.models = manager
     app.state.settings = settings
     app.state.metrics = server_metrics
-    app.dependency_overrides[get_settings] = lambda: settings
     # With API keys set, `keyed` holds the dependency that checks them (else nothing).
     keyed = auth.guard(settings)
     app.include_router(segment.router, **keyed)
