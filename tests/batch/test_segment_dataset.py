@@ -310,6 +310,42 @@ def test_an_image_that_kills_its_actor_is_an_error_row_not_a_loop(ray_cluster,
     assert (tmp_path / "dst/_SUCCESS").exists() and not (tmp_path / "dst/_claims").exists()
 
 
+def test_store_resume_removes_temporaries_and_finalise_rewrites_only_superseded_parts(tmp_path):
+    """What a killed run leaves (a part's and a mask's temporaries) is gone on resume, other
+    hidden files stay; finalise keeps one row per key and leaves whole parts untouched."""
+    from app.batch.rows import error_row
+
+    dst = tmp_path / "dst"
+    first = Store(str(dst), "png", "20261204T000000-aaaaaaaa")
+    first.open(resume=False)
+    ok = {"key": "a/x.jpg", "uri": "x", "status": "ok", "error_code": None, "error": None,
+          "width": 1, "height": 1, "mask": b"png", "mask_path": None, "classes": [],
+          "model": "m", "runtime": "r", "ms": 1.0}
+    kept = first.write([{**ok, "key": "b.jpg"}])
+    superseded = first.write([error_row({"key": "a/x.jpg", "uri": "x"}, "unreadable", "gone"),
+                              error_row({"key": "c.jpg", "uri": "c"}, "unreadable", "gone")])
+    (dst / "a").mkdir()
+    (dst / "a/.x.jpg.png.k2j3h4_x").write_bytes(b"half a mask")  # model.atomic's name
+    (dst / "_manifest/.part-1.parquet.0123abcd.tmp").write_bytes(b"half a part")
+    (dst / "a/.keep").write_bytes(b"")
+    kept_at = Path(kept).stat().st_mtime_ns
+
+    second = Store(str(dst), "png", "20261204T000100-bbbbbbbb")
+    second.open(resume=True)
+    hidden = sorted(p.name for p in dst.rglob(".*"))
+    assert hidden == [".keep"], hidden
+    assert second.ok_keys() == {"b.jpg"}
+    second.write([ok])  # a/x.jpg, ok this time
+    tally = second.finalise(["a/x.jpg", "b.jpg", "c.jpg"])
+    assert (tally.ok, set(tally.errors), tally.missing, tally.superseded) == (2, {"c.jpg"}, (), 1)
+    rows = _rows(dst / "_manifest")
+    assert {k: r["status"] for k, r in rows.items()} == {"a/x.jpg": "ok", "b.jpg": "ok",
+                                                         "c.jpg": "error"}
+    assert (dst / "a/x.jpg.png").read_bytes() == b"png"
+    assert Path(kept).stat().st_mtime_ns == kept_at  # no superseded row: not rewritten
+    assert Path(superseded).exists()  # rewritten in place with c.jpg alone
+
+
 def test_docs_name_every_error_code_and_flag():
     from app.batch import ERROR_CODES
     from app.cli.main import build_parser
