@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     # Where to listen (used by `atrous serve`).
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # Several processes on that one port (app.workers, docs/server.md "Several workers").
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes on the one port (atrous serve / python -m "
+        "app), each with its own runtime and batcher, its share of the CPU threads and of the "
+        "memory budget, and its own queue of ATROUS_MAX_QUEUE")
+    test_worker_start_gate: str | None = Field(
+        None, pattern=r"^[0-9]+:.+$",
+        description="tests only: SLOT:FILE (worker SLOT, from 0, loads its model only once "
+        "FILE exists)")
 
     _api_keys: tuple[bytes, ...] = PrivateAttr(())
 

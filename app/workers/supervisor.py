@@ -1,0 +1,263 @@
+"""The supervisor: binds the port once, runs N worker processes on it, keeps them running.
+
+    supervise(settings)  ->  exit status
+
+* **Start.**  The listening socket is bound here, before any worker exists (a port in use
+  fails at once), and handed to each worker, *spawned* (a fresh interpreter: TensorFlow
+  and OpenVINO do not survive a fork).  Every worker runs the whole app with its share of
+  the node (``worker_settings``): ``ATROUS_THREADS`` (unset: the CPUs this process may use
+  / N, at least 1) and ``ATROUS_MEMORY_BUDGET_MB`` / N; each bounds its own queue, so the
+  node queues at most N x ``ATROUS_MAX_QUEUE``.
+* **Readiness** is the node's (``app.workers.node``): any worker answers ``/readyz`` with
+  200 only when every worker is ready and no drain is under way.
+* **A worker that fails at start** (it exits before it was ever ready: its model did not
+  load) stops the server, status 1: never a silent half-server.
+* **A worker that dies after it was ready** (killed, or ``EXIT_WORKER_LOST`` from its
+  watchdog) is replaced at once; ``/readyz`` is 503 until the new one is ready.  More than
+  ``MAX_RESTARTS`` deaths within ``RESTART_WINDOW_S`` is a crash loop: the server stops,
+  status 1, for its own supervisor (Docker, Kubernetes) to see.
+* **SIGTERM / SIGINT**: ``/readyz`` turns 503 on every worker at once (the node state),
+  each worker gets SIGTERM and drains as one process does (in-flight requests get
+  ``ATROUS_SHUTDOWN_GRACE_S``), and the supervisor exits 0 once all have exited.
+* **Metrics**: ``PROMETHEUS_MULTIPROC_DIR`` is a fresh private directory for the workers
+  (removed at exit), and a worker that exits is marked dead there, so that ``/metrics``
+  from any worker can speak for the node.
+
+The design is uvicorn's ``--workers`` (one socket, spawned children) with a gunicorn-style
+arbiter that watches the children's sentinels and restarts the ones that die.
+"""
+
+import collections
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+
+from app.settings import Settings
+from app.workers import worker
+from app.workers.node import NodeState, WorkerSlot
+
+log = logging.getLogger("app.workers")
+
+#: A crash loop: more deaths than this within the window stops the server.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+#: Seconds a worker may take to drain beyond twice the grace (uvicorn's, then the
+#: batcher's) before it is killed.
+STOP_MARGIN_S = 10.0
+#: The variable prometheus-client's multiprocess mode reads.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def supervise(settings: Settings) -> int:
+    """Runs ``settings.workers`` workers until SIGTERM/SIGINT; the exit status."""
+    return Supervisor(settings).run()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a container's cpuset sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_settings(settings: Settings, cpus: int) -> Settings:
+    """One worker's settings: its share of the CPU threads and of the memory budget."""
+    from app.budget import MB
+
+    workers = settings.workers
+    update: dict[str, object] = {
+        "memory_budget_mb": max(1, settings.memory_budget_bytes // MB // workers)}
+    if settings.threads is None:
+        update["threads"] = max(1, cpus // workers)
+    return settings.model_copy(update=update)
+
+
+class Supervisor:
+    """Owns the socket, the node state, the metrics directory and the worker processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workers = settings.workers
+        self._context = multiprocessing.get_context("spawn")
+        self.node = NodeState(self._context, self.workers)
+        self._processes: dict[int, SpawnProcess] = {}
+        self._deaths: collections.deque[float] = collections.deque()
+        self._signalled: int | None = None
+        self._wake_read, self._wake_write = os.pipe()
+        self._all_ready_logged = False
+
+    def run(self) -> int:
+        _configure_logging()
+        # Sockets travel to spawned children only once this is on (as uvicorn does).
+        multiprocessing.allow_connection_pickling()
+        share = worker_settings(self.settings, usable_cpus())
+        metrics_dir = tempfile.mkdtemp(prefix="atrous-metrics-")
+        os.environ[METRICS_DIR_VARIABLE] = metrics_dir  # the spawned workers inherit it
+        sock = _bind(self.settings)
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        log.info("supervisor (pid %d): %d workers on %s:%d; each: %s CPU threads%s, memory "
+                 "budget %d MB (ATROUS_MEMORY_BUDGET_MB / %d), its own queue of %d (the node "
+                 "queues up to %d)", os.getpid(), self.workers, self.settings.host,
+                 sock.getsockname()[1], share.threads,
+                 f" ({usable_cpus()} CPUs / {self.workers})" if self.settings.threads is None
+                 else " (ATROUS_THREADS)", share.memory_budget_mb, self.workers,
+                 share.max_queue, share.max_queue * self.workers)
+        try:
+            for slot in range(self.workers):
+                self._start(slot, share, sock)
+            status = self._watch(share, sock)
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sock.close()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop(METRICS_DIR_VARIABLE, None)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+        log.info("supervisor: stopped (status %d)", status)
+        return status
+
+    # --- the workers --------------------------------------------------------------------
+    def _start(self, slot: int, share: Settings, sock: socket.socket) -> None:
+        self.node.starting(slot)
+        process = self._context.Process(
+            target=worker.run, args=(share, [sock], WorkerSlot(self.node, slot)),
+            name=f"atrous-worker-{slot}")
+        process.start()
+        self._processes[slot] = process
+        log.info("worker %d: started (pid %s)", slot, process.pid)
+
+    def _watch(self, share: Settings, sock: socket.socket) -> int:
+        """Waits for signals and deaths; the exit status."""
+        while True:
+            if self._signalled is not None:
+                log.info("signal %d: draining every worker", self._signalled)
+                return 0
+            self._log_readiness()
+            waitables: list[object] = [self._wake_read]
+            waitables += [p.sentinel for p in self._processes.values()]
+            multiprocessing.connection.wait(waitables, timeout=0.5)  # type: ignore[arg-type]
+            self._drain_wake_pipe()
+            for slot, process in list(self._processes.items()):
+                if process.is_alive() or self._signalled is not None:
+                    continue
+                status = self._on_death(slot, process)
+                if status is not None:
+                    return status
+                self._start(slot, share, sock)
+
+    def _on_death(self, slot: int, process: SpawnProcess) -> int | None:
+        """A worker exited on its own: None (restart it) or the server's exit status."""
+        was_ready = self.node.was_ready(slot)
+        self.node.starting(slot)  # /readyz: 503 until its replacement is ready
+        self._forget(process)
+        how = _exit_description(process.exitcode)
+        if not was_ready:
+            log.critical("worker %d (pid %s) %s before it was ready: stopping the server",
+                         slot, process.pid, how)
+            return 1
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and self._deaths[0] < now - RESTART_WINDOW_S:
+            self._deaths.popleft()
+        if len(self._deaths) > MAX_RESTARTS:
+            log.critical("worker %d (pid %s) %s: %d worker deaths in %.0f s, stopping the "
+                         "server", slot, process.pid, how, len(self._deaths), RESTART_WINDOW_S)
+            return 1
+        log.error("worker %d (pid %s) %s after it was ready: restarting it", slot,
+                  process.pid, how)
+        self._all_ready_logged = False
+        return None
+
+    def _log_readiness(self) -> None:
+        if not self._all_ready_logged and all(self.node.was_ready(slot)
+                                              for slot in range(self.workers)):
+            self._all_ready_logged = True
+            log.info("all %d workers ready", self.workers)
+
+    def _stop_all(self) -> None:
+        """Drain: 503 on every worker now, SIGTERM to each, wait, kill what overstays."""
+        self.node.start_draining()
+        alive = [p for p in self._processes.values() if p.is_alive()]
+        for process in alive:
+            assert process.pid is not None
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2 * self.settings.shutdown_grace_s + STOP_MARGIN_S
+        for process in alive:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker pid %s still running after the grace: killing it",
+                          process.pid)
+                process.kill()
+                process.join()
+        for process in self._processes.values():
+            self._forget(process)
+        self._processes.clear()
+
+    def _forget(self, process: SpawnProcess) -> None:
+        """An exited worker: its live gauges leave the node's metrics."""
+        if process.pid is None or not os.environ.get(METRICS_DIR_VARIABLE):
+            return
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(process.pid)
+
+    # --- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Readiness first, from the handler itself: no worker may answer 200 from now on.
+        self.node.start_draining()
+        if self._signalled is None:
+            self._signalled = signum
+        os.write(self._wake_write, b"!")
+
+    def _drain_wake_pipe(self) -> None:
+        if self._signalled is not None:
+            os.set_blocking(self._wake_read, False)
+            try:
+                os.read(self._wake_read, 64)
+            except BlockingIOError:
+                pass
+
+
+def _bind(settings: Settings) -> socket.socket:
+    """The listening socket, bound once for every worker (uvicorn's own ``bind_socket``)."""
+    import uvicorn
+
+    return uvicorn.Config("app.main:create_app", host=settings.host,
+                          port=settings.port).bind_socket()
+
+
+def _exit_description(exitcode: int | None) -> str:
+    from app.service import EXIT_WORKER_LOST
+
+    if exitcode is None:
+        return "vanished"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    if exitcode == EXIT_WORKER_LOST:
+        return f"lost its inference thread (status {exitcode})"
+    return f"exited with status {exitcode}"
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s [supervisor] %(name)s: "
+                                   "%(message)s")
