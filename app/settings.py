@@ -202,6 +202,10 @@ class Settings(BaseSettings):
                 resolve_checkpoint(self.checkpoint)
             except CheckpointError as e:
                 raise ValueError(f"ATROUS_CHECKPOINT: {e}") from None
+        if self.test_worker_start_gate is not None and int(
+                self.test_worker_start_gate.partition(":")[0]) >= self.workers:
+            raise ValueError("ATROUS_TEST_WORKER_START_GATE names a worker slot beyond "
+                             f"ATROUS_WORKERS ({self.workers}; slots count from 0)")
         if self.max_queue < self.max_batch_size:
             raise ValueError(f"max_queue ({self.max_queue}) must be at least "
                              f"max_batch_size ({self.max_batch_size})")

@@ -5,9 +5,9 @@
 * **Start.**  The listening socket is bound here, before any worker exists (a port in use
   fails at once), and handed to each worker, *spawned* (a fresh interpreter: TensorFlow
   and OpenVINO do not survive a fork).  Every worker runs the whole app with its share of
-  the node (``worker_settings``): ``ATROUS_THREADS`` (unset: the CPUs this process may use
-  / N, at least 1) and ``ATROUS_MEMORY_BUDGET_MB`` / N; each bounds its own queue, so the
-  node queues at most N x ``ATROUS_MAX_QUEUE``.
+  the node (``worker_settings``): ``ATROUS_THREADS`` (unset: the CPUs this process may use,
+  its affinity or its cgroup's CPU quota, / N, at least 1) and ``ATROUS_MEMORY_BUDGET_MB``
+  / N; each bounds its own queue, so the node queues at most N x ``ATROUS_MAX_QUEUE``.
 * **Readiness** is the node's (``app.workers.node``): any worker answers ``/readyz`` with
   200 only when every worker is ready and no drain is under way.
 * **A worker that fails at start** (it exits before it was ever ready: its model did not
@@ -29,6 +29,7 @@ arbiter that watches the children's sentinels and restarts the ones that die.
 
 import collections
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -38,6 +39,7 @@ import socket
 import tempfile
 import time
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from types import FrameType
 
 from app.settings import Settings
@@ -61,12 +63,35 @@ def supervise(settings: Settings) -> int:
     return Supervisor(settings).run()
 
 
+#: Where a container's CPU quota is: cgroup v2 ("max 100000" or "800000 100000"), then v1.
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
 def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity, which a container's cpuset sets)."""
+    """The CPUs this process may use: its affinity (a container's cpuset), or fewer if its
+    cgroup has a CPU quota (``docker --cpus``, a Kubernetes CPU limit), rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return min(cpus, math.ceil(quota)) if quota is not None else cpus
+
+
+def cgroup_cpu_quota(v2: Path = CGROUP_CPU_MAX, v1: Path = CGROUP_V1_CPU) -> float | None:
+    """CPUs' worth of time the cgroup may use per period, or None without a quota."""
+    try:
+        quota, period = v2.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def worker_settings(settings: Settings, cpus: int) -> Settings:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from app.budget import MB
 from app.settings import Settings
-from app.workers.supervisor import worker_settings
+from app.workers.supervisor import cgroup_cpu_quota, worker_settings
 from app.workers.worker import WORKER_HEADER
 from model.inference.contract import ModelMetadata
 
@@ -78,6 +78,22 @@ def test_each_worker_gets_its_share_of_threads_and_memory(tiny_saved_model):
     assert pinned.threads == 3
     unset = Settings(model=tiny_saved_model, workers=2)
     assert worker_settings(unset, cpus=2).memory_budget_mb == unset.memory_budget_bytes // MB // 2
+
+
+def test_a_cgroup_cpu_quota_bounds_the_cpus_shared_out(tmp_path: Path):
+    v2, v1 = tmp_path / "cpu.max", tmp_path / "v1"
+    assert cgroup_cpu_quota(v2, v1) is None  # neither file: no quota
+    v2.write_text("max 100000\n")
+    assert cgroup_cpu_quota(v2, v1) is None
+    v2.write_text("250000 100000\n")  # docker --cpus 2.5
+    assert cgroup_cpu_quota(v2, v1) == 2.5
+    v2.unlink()
+    v1.mkdir()
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v2, v1) is None
+    (v1 / "cpu.cfs_quota_us").write_text("800000\n")
+    assert cgroup_cpu_quota(v2, v1) == 8.0
 
 
 def test_every_worker_answers_on_the_one_port(two_workers):
