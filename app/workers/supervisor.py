@@ -106,6 +106,22 @@ def worker_settings(settings: Settings, cpus: int) -> Settings:
     return settings.model_copy(update=update)
 
 
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window_s`` seconds: beyond, a crash loop."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._deaths: collections.deque[float] = collections.deque()
+
+    def allow(self, now: float) -> bool:
+        """Records a death at ``now``; whether it may still be restarted."""
+        self._deaths.append(now)
+        while self._deaths and self._deaths[0] <= now - self.window_s:
+            self._deaths.popleft()
+        return len(self._deaths) <= self.limit
+
+
 class Supervisor:
     """Owns the socket, the node state, the metrics directory and the worker processes."""
 
@@ -115,7 +131,7 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self.node = NodeState(self._context, self.workers)
         self._processes: dict[int, SpawnProcess] = {}
-        self._deaths: collections.deque[float] = collections.deque()
+        self._restarts = RestartBudget(MAX_RESTARTS, RESTART_WINDOW_S)
         self._signalled: int | None = None
         self._wake_read, self._wake_write = os.pipe()
         self._all_ready_logged = False
@@ -125,9 +141,9 @@ class Supervisor:
         # Sockets travel to spawned children only once this is on (as uvicorn does).
         multiprocessing.allow_connection_pickling()
         share = worker_settings(self.settings, usable_cpus())
+        sock = _bind(self.settings)  # a port in use: exit 1 here, before anything else
         metrics_dir = tempfile.mkdtemp(prefix="atrous-metrics-")
         os.environ[METRICS_DIR_VARIABLE] = metrics_dir  # the spawned workers inherit it
-        sock = _bind(self.settings)
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("supervisor (pid %d): %d workers on %s:%d; each: %s CPU threads%s, memory "
@@ -192,13 +208,10 @@ class Supervisor:
             log.critical("worker %d (pid %s) %s before it was ready: stopping the server",
                          slot, process.pid, how)
             return 1
-        now = time.monotonic()
-        self._deaths.append(now)
-        while self._deaths and self._deaths[0] < now - RESTART_WINDOW_S:
-            self._deaths.popleft()
-        if len(self._deaths) > MAX_RESTARTS:
-            log.critical("worker %d (pid %s) %s: %d worker deaths in %.0f s, stopping the "
-                         "server", slot, process.pid, how, len(self._deaths), RESTART_WINDOW_S)
+        if not self._restarts.allow(time.monotonic()):
+            log.critical("worker %d (pid %s) %s: more than %d worker deaths in %.0f s, "
+                         "stopping the server", slot, process.pid, how, MAX_RESTARTS,
+                         RESTART_WINDOW_S)
             return 1
         log.error("worker %d (pid %s) %s after it was ready: restarting it", slot,
                   process.pid, how)

@@ -6,6 +6,7 @@ and overload still answers 503 + ``Retry-After`` without losing a request."""
 import asyncio
 import io
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -19,7 +20,7 @@ from PIL import Image
 
 from app.budget import MB
 from app.settings import Settings
-from app.workers.supervisor import cgroup_cpu_quota, worker_settings
+from app.workers.supervisor import RestartBudget, cgroup_cpu_quota, worker_settings
 from app.workers.worker import WORKER_HEADER
 from model.inference.contract import ModelMetadata
 
@@ -39,17 +40,29 @@ def worker_pid(response: httpx.Response) -> int:
     return int(response.headers[WORKER_HEADER].split("pid=")[1])
 
 
-def pids_answering(url: str, want: int, timeout: float = 30.0) -> dict[int, httpx.Response]:
-    """Segments small images on fresh connections until ``want`` workers have answered."""
+def pids_answering(url: str, want: int, timeout: float = 60.0) -> dict[int, httpx.Response]:
+    """Segments small images, 8 at a time on fresh connections (an idle node's connections
+    tend to go to one worker; busy ones spread), until ``want`` workers have answered 200."""
     answers: dict[int, httpx.Response] = {}
     deadline = time.monotonic() + timeout
+
+    async def some(first: int) -> list[tuple[int, httpx.Response]]:
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+            return list(zip(range(first, first + 8), await asyncio.gather(*(
+                client.post("/segment", content=png(40 + k % 7, 30, seed=k))
+                for k in range(first, first + 8))), strict=True))
+
     k = 0
     while len(answers) < want and time.monotonic() < deadline:
-        response = httpx.post(url + "/segment", content=png(40 + k % 7, 30, seed=k), timeout=30)
-        assert response.status_code == 200, response.text
-        assert Image.open(io.BytesIO(response.content)).size == (40 + k % 7, 30)
-        answers[worker_pid(response)] = response
-        k += 1
+        for i, response in asyncio.run(some(k)):
+            if response.status_code == 503:  # a queue of 2 per worker: full, now and then
+                assert response.json()["error"]["code"] == "queue_full", response.text
+                continue
+            assert response.status_code == 200, response.text
+            assert Image.open(io.BytesIO(response.content)).size == (40 + i % 7, 30)
+            answers[worker_pid(response)] = response
+        k += 8
     return answers
 
 
@@ -58,6 +71,14 @@ def readyz(url: str) -> httpx.Response | None:
         return httpx.get(url + "/readyz", timeout=5)
     except httpx.TransportError:
         return None
+
+
+def wait_for_log(server, pattern: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, server.log):
+        assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{server.log}"
+        assert server.process.poll() is None, server.log
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +115,14 @@ def test_a_cgroup_cpu_quota_bounds_the_cpus_shared_out(tmp_path: Path):
     assert cgroup_cpu_quota(v2, v1) is None
     (v1 / "cpu.cfs_quota_us").write_text("800000\n")
     assert cgroup_cpu_quota(v2, v1) == 8.0
+
+
+def test_more_deaths_than_the_restart_budget_in_its_window_is_a_crash_loop():
+    budget = RestartBudget(limit=2, window_s=60)
+    assert budget.allow(0.0) and budget.allow(10.0)
+    assert not budget.allow(20.0)  # a third death within 60 s
+    assert budget.allow(75.0)  # the deaths at 0 and 10 s have left the window
+    assert not RestartBudget(limit=0, window_s=60).allow(0.0)
 
 
 def test_every_worker_answers_on_the_one_port(two_workers):
@@ -183,10 +212,7 @@ def test_readyz_waits_for_every_worker_and_sigterm_drains_them_all(server_factor
                              "ATROUS_TEST_WORKER_START_GATE": f"1:{gate}",
                              "ATROUS_MAX_BATCH_SIZE": "4", "ATROUS_MAX_BATCH_DELAY_MS": "1500",
                              "ATROUS_SHUTDOWN_GRACE_S": "10"}, wait=False)
-    deadline = time.monotonic() + 60
-    while "[worker 0 " not in server.log or "ready: default/1" not in server.log:
-        assert time.monotonic() < deadline and server.process.poll() is None, server.log
-        time.sleep(0.05)
+    wait_for_log(server, r"\[worker 0 pid \d+\] app\.repository\.manager: ready: default/1")
     # Worker 0 is ready, worker 1 waits at the gate: not ready, whichever answers.
     waiting: set[str] = set()
     for _ in range(200):  # fresh connections: until worker 0 has answered for worker 1
@@ -198,7 +224,7 @@ def test_readyz_waits_for_every_worker_and_sigterm_drains_them_all(server_factor
     assert "worker 1 of 2 is starting" in waiting, (waiting, server.log)
     gate.touch()
     server.wait_ready(60)
-    assert "all 2 workers ready" in server.log
+    wait_for_log(server, "all 2 workers ready")  # the supervisor looks twice a second
 
     outcome: dict[str, object] = {}
 
