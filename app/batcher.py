@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from app.metrics import Metrics
+from app.metrics import VersionSeries
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Batcher:
 
     def __init__(self, model: ModelFn, *, max_batch_size: int, max_delay_s: float,
                  max_queue: int, oom_errors: tuple[type[BaseException], ...] = (MemoryError,),
-                 metrics: Metrics | None = None,
+                 metrics: VersionSeries | None = None,
                  probabilities: ModelFn | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s >= 0")
@@ -328,8 +328,8 @@ class Batcher:
                 await self._run_model(model, kind, live)
 
     async def _run_model(self, model: ModelFn, kind: str, live: list[_Item]) -> None:
-        images = np.stack([item.image for item in live])
-        sizes = np.array([item.size for item in live], np.int32)
+        images = [item.image for item in live]
+        sizes = [item.size for item in live]
         if self._metrics is not None:
             self._metrics.batch_size.observe(len(live))
             self._metrics.model_inputs.labels(output=kind).inc(len(live))
@@ -337,8 +337,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._call_started = started
         try:
-            outcomes = await loop.run_in_executor(self._executor, self._call, images, sizes,
-                                                  model)
+            outcomes = await loop.run_in_executor(self._executor, self._stack_and_call,
+                                                  images, sizes, model)
         finally:
             self._call_started = None
         inference_s = time.monotonic() - started
@@ -350,6 +350,12 @@ class Batcher:
             else:
                 item.future.set_result(BatchResult(outcome, started - item.enqueued,
                                                    inference_s, len(live)))
+
+    def _stack_and_call(self, images: list[np.ndarray], sizes: list[tuple[int, int]],
+                        model: ModelFn) -> list[np.ndarray | BaseException]:
+        """The batch's arrays are built in the worker thread too: a copy of every canvas
+        is work the event loop should not do."""
+        return self._call(np.stack(images), np.array(sizes, np.int32), model)
 
     def _call(self, images: np.ndarray, sizes: np.ndarray,
               model: ModelFn | None = None) -> list[np.ndarray | BaseException]:

@@ -1,7 +1,7 @@
 """Per-request context kept in the ASGI scope: the request id."""
 
+import random
 import re
-import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -11,6 +11,9 @@ _SCOPE_KEY = "atrous.request_id"
 _MODEL_KEY = "atrous.model"
 # What we accept from clients: short, printable, no separators that could split a log line.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Fresh ids from a generator seeded once per process from the OS (os.urandom per request
+# is a system call on the event loop's hot path); unique, not secret.
+_ids = random.Random()
 
 
 def assign_request_id(scope: MutableMapping[str, Any]) -> str:
@@ -21,7 +24,7 @@ def assign_request_id(scope: MutableMapping[str, Any]) -> str:
             supplied = value.decode("latin-1")
             break
     request_id = (supplied if supplied and _VALID_REQUEST_ID.fullmatch(supplied)
-                  else uuid.uuid4().hex)
+                  else f"{_ids.getrandbits(128):032x}")
     scope[_SCOPE_KEY] = request_id
     return request_id
 

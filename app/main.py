@@ -80,7 +80,6 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_segmen
     app.state.settings = settings
     app.state.metrics = server_metrics
     app.state.node = node
-    app.dependency_overrides[get_settings] = lambda: settings
     # With API keys set, `keyed` holds the dependency that checks them (else nothing).
     keyed = auth.guard(settings)
     app.include_router(segment.router, **keyed)

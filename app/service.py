@@ -9,10 +9,12 @@ Once ready, a watchdog checks the inference worker: if it has died, or a model c
 run past the request timeout (a hung runtime), the service turns failed (``/readyz``
 503), refuses new work and the process exits with ``EXIT_WORKER_LOST`` for its supervisor
 to restart it, instead of accepting work it cannot do.  ``budget`` is the memory budget
-requests reserve their work from (``app.budget``): the server's one, shared by its versions.
+requests reserve their work from (``app.budget``): the server's one, shared by its versions;
+``metrics`` the version's own series (``app.metrics.VersionSeries``).
 """
 
 import asyncio
+import concurrent.futures
 import enum
 import logging
 import os
@@ -21,15 +23,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
-
 from app import faults
 from app.api.errors import NotReadyError
 from app.batcher import Batcher
 from app.budget import MemoryBudget
 from app.loader import LoadedModel, load_segmenter
-from app.metrics import Metrics
+from app.metrics import VersionSeries
 from app.settings import Settings
 from app.signals import DrainOnSignal
 from model.inference.contract import ModelMetadata, probabilities_of
@@ -58,7 +57,7 @@ class Service:
     """Holds what the routes need; one per app, created by ``create_app``."""
 
     def __init__(self, settings: Settings, loader: Loader = load_segmenter, *,
-                 budget: MemoryBudget, handle_signals: bool = True,
+                 budget: MemoryBudget, metrics: VersionSeries, handle_signals: bool = True,
                  exit_on_lost_worker: bool | None = None) -> None:
         self.settings = settings
         self._handle_signals = handle_signals
@@ -66,14 +65,17 @@ class Service:
         # server process a lost worker must still end the process.
         self._exit_on_lost_worker = (handle_signals if exit_on_lost_worker is None
                                      else exit_on_lost_worker)
-        self.metrics = Metrics(settings.max_batch_size)
+        self.metrics = metrics
         self.phase = Phase.LOADING
         self.loaded: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.started_at = time.monotonic()
         self._loader = loader
         self._load_task: asyncio.Task[None] | None = None
-        self._limiter = anyio.CapacityLimiter(settings.decode_concurrency)
+        # Decoding and encoding threads, a bounded number at once (their memory); a plain
+        # executor, whose handoff costs the event loop far less than anyio's thread pool.
+        self._cpu = concurrent.futures.ThreadPoolExecutor(settings.decode_concurrency,
+                                                          thread_name_prefix="atrous-cpu")
         self._signals = DrainOnSignal(self.mark_draining, enabled=handle_signals)
         self.failure: BaseException | None = None
         self.budget = budget  # the server's, shared by every model version
@@ -101,8 +103,18 @@ class Service:
         return self.batcher
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Runs CPU work (decode, encode) in a thread, a bounded number at a time."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        """Runs CPU work (decode, encode) in a thread, a bounded number at a time.
+
+        A cancelled caller (a client gone, a deadline) still waits for the work to end:
+        the thread cannot be stopped, and what it holds stays reserved in the memory
+        budget until it ends.
+        """
+        work = asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait({work})
+            raise
 
     async def start(self) -> None:
         """Installs the drain-on-SIGTERM hook and starts loading in the background."""
@@ -172,6 +184,7 @@ class Service:
             self._watchdog.cancel()
         if self.batcher is not None:
             await self.batcher.stop(timeout=self.settings.shutdown_grace_s)
+        self._cpu.shutdown(wait=False)
         self._signals.restore()
 
     async def wait_loaded(self) -> None:

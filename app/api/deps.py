@@ -5,6 +5,10 @@ whole request: ``/segment`` and ``/v1/model`` get the default model's newest ava
 version, ``/v1/models/{model_name}[/versions/{model_version}]/...`` the one named.  The
 version is chosen once, on arrival, and every tile, scale and flip runs on it even if a
 newer version becomes available meanwhile; the response names it (``X-Atrous-Model``).
+
+Every dependency here is ``async def``: FastAPI runs a plain ``def`` dependency in its
+thread pool, a thread handoff per dependency per request, which cost more of the event
+loop's time than the route itself (``benchmarks/host_ceiling.py``).
 """
 
 from collections.abc import AsyncIterator
@@ -16,13 +20,13 @@ from app.api.errors import ModelNotFoundError
 from app.context import set_served_model
 from app.repository.manager import ModelManager, ModelVersion
 from app.service import Service
-from app.settings import Settings, get_settings
+from app.settings import Settings
 
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.models
     return manager
 
@@ -48,19 +52,25 @@ async def leased_version(request: Request, manager: ManagerDep) -> AsyncIterator
 VersionDep = Annotated[ModelVersion, Depends(leased_version)]
 
 
-def leased_service(held: VersionDep) -> Service:
+async def leased_service(held: VersionDep) -> Service:
     return held.service
 
 
-def model_path(model_name: Annotated[str, Path(description="a model's name")]) -> None:
+async def model_path(model_name: Annotated[str, Path(description="a model's name")]) -> None:
     """Documents the ``{model_name}`` path parameter (``leased_version`` reads it)."""
 
 
-def version_path(model_name: Annotated[str, Path(description="a model's name")],
+async def version_path(model_name: Annotated[str, Path(description="a model's name")],
                  model_version: Annotated[int, Path(ge=1, description="a version number")]
                  ) -> None:
     """Documents ``{model_name}`` and ``{model_version}`` (``leased_version`` reads them)."""
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def app_settings(request: Request) -> Settings:
+    """The settings the app was built with (``create_app``)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 ServiceDep = Annotated[Service, Depends(leased_service)]

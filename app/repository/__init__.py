@@ -1,3 +1,3 @@
 """Several models and versions in one server: the repository layout on disk
-(``layout``), the manager that loads, swaps and leases versions (``manager``), and the
-metrics view that labels each version's series (``metrics``)."""
+(``layout``) and the manager that loads, swaps and leases versions (``manager``); each
+version's metrics are ``app.metrics.VersionSeries``, labelled ``model`` and ``version``."""

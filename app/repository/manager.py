@@ -28,11 +28,9 @@ import gc
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry
 
 from app.api.errors import ConflictError, ModelNotFoundError, NotReadyError
 from app.budget import MemoryBudget
@@ -91,7 +89,8 @@ class ModelManager:
     Args:
         settings: the server's settings; a version's service gets a copy naming its model.
         loader: settings -> warmed model (tests pass a fake).
-        metrics: the server-wide collectors (load outcomes, readiness).
+        metrics: the app's collectors: the server-wide ones (load outcomes, readiness) and
+            ``metrics.versions``, whose series each version's service is given.
         handle_signals: chain a SIGTERM/SIGINT hook that turns ``/readyz`` to 503 at once.
         node: this worker's slot when the server runs several worker processes
             (``ATROUS_WORKERS``, ``app.workers``), each with its own manager: readiness is
@@ -267,12 +266,6 @@ class ModelManager:
             if held.leases == 0:
                 held.idle.set()
 
-    def registries(self) -> Iterable[tuple[str, int, CollectorRegistry]]:
-        """Each loaded version's own metrics (what ``GET /metrics`` labels and merges)."""
-        for v in self.versions():
-            if v.state in (VersionState.AVAILABLE, VersionState.UNLOADING):
-                yield v.model, v.version, v.service.metrics.registry
-
     # --- transitions ----------------------------------------------------------------------
     async def sync(self, only: str | None = None, *, retry_failed: bool = False) -> None:
         """One pass: loads the versions the policy wants that are not loaded, then unloads
@@ -335,7 +328,8 @@ class ModelManager:
             update = ({"model": source.path, "checkpoint": None} if source.is_export
                       else {"model": None, "checkpoint": source.path})
             settings = settings.model_copy(update=update)
-        service = Service(settings, self._loader, budget=self.budget, handle_signals=False,
+        service = Service(settings, self._loader, budget=self.budget,
+                          metrics=self.metrics.versions.of(name, number), handle_signals=False,
                           exit_on_lost_worker=self._handle_signals)
         version = ModelVersion(name, number, service, source, stamp=_stamp(source))
         version.idle.set()
@@ -356,6 +350,7 @@ class ModelManager:
         log.error("%s: failed to load: %s", version.label, service.failure)
         await service.stop()
         service.release()
+        self._forget_series(version)
 
     async def _unload(self, version: ModelVersion) -> None:
         """Unloading: no new leases; waits for the last one (up to the grace), then stops
@@ -374,9 +369,20 @@ class ModelManager:
             del versions[version.version]
         if not versions:
             self.models.pop(version.model, None)
+        self._forget_series(version)
         gc.collect()
         _return_freed_memory()
         log.info("%s: unloaded", version.label)
+
+    def _forget_series(self, version: ModelVersion) -> None:
+        """Takes a version that is gone (or failed) off ``/metrics`` - unless another load of
+        the same number holds its label set now (unloaded and loaded again at once): then
+        that one's readiness, which the old one's stop just zeroed, is set back."""
+        now = self.models.get(version.model, {}).get(version.version)
+        if now is None or now is version:
+            self.metrics.versions.forget(version.model, version.version)
+        else:
+            now.service.metrics.ready.set(1 if now.service.phase is Phase.READY else 0)
 
     async def load_model(self, name: str) -> ModelVersion:
         """The repository API's load: (re)reads ``name`` from disk and loads what its policy

@@ -234,12 +234,12 @@ def test_stop_drains_queued_work_then_refuses():
 def test_metrics_see_batch_sizes_and_queue_depth():
     async def main():
         metrics = Metrics(max_batch_size=4)
-        batcher = await started(FakeModel(), metrics=metrics)
+        batcher = await started(FakeModel(), metrics=metrics.versions.of("voc", 3))
         await asyncio.gather(*(batcher.submit(image(v), (S, S), timeout=5) for v in range(3)))
         await batcher.stop()
         return metrics
     metrics = run(main())
-    registry = metrics.registry
-    assert registry.get_sample_value("atrous_batch_size_count") == 1
-    assert registry.get_sample_value("atrous_batch_size_sum") == 3
-    assert registry.get_sample_value("atrous_queue_depth") == 0
+    registry, labels = metrics.registry, {"model": "voc", "version": "3"}
+    assert registry.get_sample_value("atrous_batch_size_count", labels) == 1
+    assert registry.get_sample_value("atrous_batch_size_sum", labels) == 3
+    assert registry.get_sample_value("atrous_queue_depth", labels) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app.batcher import LABELS, PROBABILITIES, Batcher, DeadlineExceeded, QueueFull
-from app.metrics import Metrics
+from app.metrics import VersionMetrics
 
 S = 5
 
@@ -58,7 +58,7 @@ def run(coro):
 def test_a_group_fills_batches_keeps_its_order_and_runs_beside_single_images():
     async def main():
         log: list = []
-        metrics = Metrics(4)
+        metrics = VersionMetrics(4).of("default", 1)
         batcher, _, _ = await started(log, metrics=metrics)
         group, single = await asyncio.gather(
             batcher.submit_group(*tiles(10, 20, 30, 40, 50, 60), timeout=5),

@@ -1,11 +1,11 @@
-"""GET /metrics in the Prometheus text format."""
+"""GET /metrics in the Prometheus text format: this process's series, or the whole node's
+(every worker's) when ``PROMETHEUS_MULTIPROC_DIR`` is set (``app.metrics``)."""
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import ManagerDep
-from app.repository.metrics import ServerMetrics
 
 router = APIRouter(tags=["observability"])
 
@@ -16,5 +16,4 @@ router = APIRouter(tags=["observability"])
 async def metrics(manager: ManagerDep) -> Response:
     """Prometheus metrics: requests, stage latencies, batch sizes, queue depth, rejections
     (per model version: `model` and `version` labels)."""
-    view = ServerMetrics(manager.metrics, manager.registries)
-    return Response(generate_latest(view), media_type=CONTENT_TYPE_LATEST)  # type: ignore[arg-type]
+    return Response(manager.metrics.render(), media_type=CONTENT_TYPE_LATEST)
