@@ -2,9 +2,10 @@
 
     supervise(settings)  ->  exit status
 
-* **Start.**  The listening socket is bound here, before any worker exists (a port in use
-  fails at once), and handed to each worker, *spawned* (a fresh interpreter: TensorFlow
-  and OpenVINO do not survive a fork).  Every worker runs the whole app with its share of
+* **Start.**  The port is reserved here, before any worker exists (a port in use fails at
+  once), and each worker, *spawned* (a fresh interpreter: TensorFlow and OpenVINO do not
+  survive a fork), listens on it with a socket of its own (``app.workers.sockets``: the
+  kernel spreads the connections).  Every worker runs the whole app with its share of
   the node (``worker_settings``): ``ATROUS_THREADS`` (unset: the CPUs this process may use,
   its affinity or its cgroup's CPU quota, / N, at least 1) and ``ATROUS_MEMORY_BUDGET_MB``
   / N; each bounds its own queue, so the node queues at most N x ``ATROUS_MAX_QUEUE``.
@@ -23,8 +24,9 @@
   (removed at exit), and a worker that exits is marked dead there, so that ``/metrics``
   from any worker can speak for the node.
 
-The design is uvicorn's ``--workers`` (one socket, spawned children) with a gunicorn-style
-arbiter that watches the children's sentinels and restarts the ones that die.
+The design is uvicorn's ``--workers`` (spawned children, each a whole server), with
+``SO_REUSEPORT`` sockets instead of one shared socket, and a gunicorn-style arbiter that
+watches the children's sentinels and restarts the ones that die.
 """
 
 import collections
@@ -35,7 +37,6 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from multiprocessing.context import SpawnProcess
@@ -43,7 +44,7 @@ from pathlib import Path
 from types import FrameType
 
 from app.settings import Settings
-from app.workers import worker
+from app.workers import sockets, worker
 from app.workers.node import NodeState, WorkerSlot
 
 log = logging.getLogger("app.workers")
@@ -138,10 +139,15 @@ class Supervisor:
 
     def run(self) -> int:
         _configure_logging()
-        # Sockets travel to spawned children only once this is on (as uvicorn does).
-        multiprocessing.allow_connection_pickling()
         share = worker_settings(self.settings, usable_cpus())
-        sock = _bind(self.settings)  # a port in use: exit 1 here, before anything else
+        try:  # a port in use: status 1 now, before anything else
+            reserved = sockets.reserve(self.settings.host, self.settings.port)
+        except OSError as e:
+            log.critical("cannot bind %s:%d: %s", self.settings.host, self.settings.port, e)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            return 1
+        endpoint = sockets.endpoint_of(reserved)
         metrics_dir = tempfile.mkdtemp(prefix="atrous-metrics-")
         os.environ[METRICS_DIR_VARIABLE] = metrics_dir  # the spawned workers inherit it
         previous = {sig: signal.signal(sig, self._on_signal)
@@ -149,19 +155,19 @@ class Supervisor:
         log.info("supervisor (pid %d): %d workers on %s:%d; each: %s CPU threads%s, memory "
                  "budget %d MB (ATROUS_MEMORY_BUDGET_MB / %d), its own queue of %d (the node "
                  "queues up to %d)", os.getpid(), self.workers, self.settings.host,
-                 sock.getsockname()[1], share.threads,
+                 endpoint.port, share.threads,
                  f" ({usable_cpus()} CPUs / {self.workers})" if self.settings.threads is None
                  else " (ATROUS_THREADS)", share.memory_budget_mb, self.workers,
                  share.max_queue, share.max_queue * self.workers)
         try:
             for slot in range(self.workers):
-                self._start(slot, share, sock)
-            status = self._watch(share, sock)
+                self._start(slot, share, endpoint)
+            status = self._watch(share, endpoint)
         finally:
             self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            sock.close()
+            reserved.close()
             shutil.rmtree(metrics_dir, ignore_errors=True)
             os.environ.pop(METRICS_DIR_VARIABLE, None)
             os.close(self._wake_read)
@@ -170,16 +176,16 @@ class Supervisor:
         return status
 
     # --- the workers --------------------------------------------------------------------
-    def _start(self, slot: int, share: Settings, sock: socket.socket) -> None:
+    def _start(self, slot: int, share: Settings, endpoint: sockets.Endpoint) -> None:
         self.node.starting(slot)
         process = self._context.Process(
-            target=worker.run, args=(share, [sock], WorkerSlot(self.node, slot)),
+            target=worker.run, args=(share, endpoint, WorkerSlot(self.node, slot)),
             name=f"atrous-worker-{slot}")
         process.start()
         self._processes[slot] = process
         log.info("worker %d: started (pid %s)", slot, process.pid)
 
-    def _watch(self, share: Settings, sock: socket.socket) -> int:
+    def _watch(self, share: Settings, endpoint: sockets.Endpoint) -> int:
         """Waits for signals and deaths; the exit status."""
         while True:
             if self._signalled is not None:
@@ -196,7 +202,7 @@ class Supervisor:
                 status = self._on_death(slot, process)
                 if status is not None:
                     return status
-                self._start(slot, share, sock)
+                self._start(slot, share, endpoint)
 
     def _on_death(self, slot: int, process: SpawnProcess) -> int | None:
         """A worker exited on its own: None (restart it) or the server's exit status."""
@@ -269,14 +275,6 @@ class Supervisor:
                 os.read(self._wake_read, 64)
             except BlockingIOError:
                 pass
-
-
-def _bind(settings: Settings) -> socket.socket:
-    """The listening socket, bound once for every worker (uvicorn's own ``bind_socket``)."""
-    import uvicorn
-
-    return uvicorn.Config("app.main:create_app", host=settings.host,
-                          port=settings.port).bind_socket()
 
 
 def _exit_description(exitcode: int | None) -> str:

@@ -1,10 +1,9 @@
 """A worker process: the whole app (its own runtime, batcher and model manager) served on
-the socket the supervisor bound.  ``run`` is the spawned process's target."""
+the supervisor's port, on a socket of its own.  ``run`` is the spawned process's target."""
 
 import logging
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,13 @@ from app.loader import load_segmenter
 from app.service import Loader
 from app.settings import Settings
 from app.workers.node import WorkerSlot
+from app.workers.sockets import Endpoint, listen_on
 
 #: The response header naming the worker that answered: ``<slot>; pid=<pid>``.
 WORKER_HEADER = "X-Atrous-Worker"
 
 
-def run(settings: Settings, sockets: list[socket.socket], slot: WorkerSlot) -> None:
+def run(settings: Settings, endpoint: Endpoint, slot: WorkerSlot) -> None:
     """Serves until SIGTERM; exits 1 if the default model failed to load (as one process
     does), so that the supervisor can tell a failed start from a death."""
     from app.main import create_app, run_app
@@ -33,7 +33,7 @@ def run(settings: Settings, sockets: list[socket.socket], slot: WorkerSlot) -> N
     # uvicorn re-raises the signal it caught once it has drained: ignored, not a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = create_app(settings, loader=_loader_for(settings, slot.slot), node=slot)
-    run_app(app, settings, sockets=sockets)
+    run_app(app, settings, sockets=[listen_on(endpoint)])
 
 
 def _loader_for(settings: Settings, slot: int) -> Loader:

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -72,6 +73,13 @@ def readyz(url: str) -> httpx.Response | None:
         return httpx.get(url + "/readyz", timeout=5)
     except httpx.TransportError:
         return None
+
+
+def node_metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def wait_for_log(server, pattern: str, timeout: float = 60.0) -> None:
@@ -170,9 +178,9 @@ def test_overload_answers_503_with_retry_after_and_loses_nothing(two_workers):
     bodies = [png(64 + k, 48, seed=k) for k in range(8)]
 
     async def main() -> dict[int, httpx.Response]:
-        # A connection per request: a kept-alive one stays with the worker that accepted
-        # it (the kernel hands each new connection to whichever worker accepts first).
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+        # Kept-alive connections, opened in a burst: each stays with the worker it reached
+        # (with one shared listening socket they all reached the same one).
+        limits = httpx.Limits(max_connections=concurrency)
         async with httpx.AsyncClient(base_url=two_workers.url, timeout=30,
                                      limits=limits) as client:
             pending = list(range(total))
@@ -200,7 +208,7 @@ def test_overload_answers_503_with_retry_after_and_loses_nothing(two_workers):
         if response.status_code == 503:
             assert response.json()["error"]["code"] == "queue_full", response.text
             assert response.headers["retry-after"] == "1"
-    print(f"{total} requests: {statuses}")
+    print(f"{total} requests: {statuses}; 200s by worker: {dict(served)}")
     assert statuses.get(200, 0) > 0 and statuses.get(503, 0) > 0, statuses
     assert len(served) == 2, f"one worker served everything: {served}"
     # One scrape, from whichever worker, counts every worker's requests (the node's metrics).
@@ -244,7 +252,11 @@ def test_readyz_waits_for_every_worker_and_sigterm_drains_them_all(server_factor
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(0.5)  # the request now waits in a batcher for company
+    deadline = time.monotonic() + 30
+    while node_metric(server.url, "atrous_requests_in_flight") < 2:  # this scrape + the image
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.05)
+    time.sleep(0.2)  # the image now waits in a batcher for company (1.5 s)
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     late = [readyz(server.url) for _ in range(6)]
@@ -262,6 +274,17 @@ def test_readyz_waits_for_every_worker_and_sigterm_drains_them_all(server_factor
     assert returncode == 0, server.log
     assert server.log.count("signal 15: draining") >= 3, server.log  # supervisor + 2 workers
     assert "supervisor: stopped (status 0)" in server.log
+
+
+def test_a_port_in_use_stops_the_supervisor_before_any_worker_starts(server_factory,
+                                                                      tiny_saved_model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = server_factory({"ATROUS_MODEL": str(tiny_saved_model), "ATROUS_WORKERS": "2",
+                                 "ATROUS_PORT": str(taken.getsockname()[1])}, wait=False)
+        assert server.process.wait(60) == 1, server.log
+    assert "cannot bind 127.0.0.1" in server.log and "worker 0: started" not in server.log
 
 
 def test_a_worker_that_fails_at_start_stops_the_server_with_status_1(server_factory,
