@@ -223,7 +223,7 @@ class Supervisor:
         was_ready = self.node.was_ready(slot)
         self.node.starting(slot)  # /readyz: 503 until its replacement is ready
         self._forget(process)
-        how = _exit_description(process.exitcode)
+        how = exit_description(process.exitcode)
         if not was_ready:
             log.critical("worker %d (pid %s) %s before it was ready: stopping the server",
                          slot, process.pid, how)
@@ -291,7 +291,7 @@ class Supervisor:
                 pass
 
 
-def _exit_description(exitcode: int | None) -> str:
+def exit_description(exitcode: int | None) -> str:
     from app.service import EXIT_WORKER_LOST
 
     if exitcode is None:

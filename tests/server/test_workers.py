@@ -21,8 +21,14 @@ import pytest
 from PIL import Image
 
 from app.budget import MB
+from app.service import EXIT_WORKER_LOST
 from app.settings import Settings
-from app.workers.supervisor import RestartBudget, cgroup_cpu_quota, worker_settings
+from app.workers.supervisor import (
+    RestartBudget,
+    cgroup_cpu_quota,
+    exit_description,
+    worker_settings,
+)
 from app.workers.worker import WORKER_HEADER
 from model.inference.contract import ModelMetadata
 
@@ -132,6 +138,14 @@ def test_more_deaths_than_the_restart_budget_in_its_window_is_a_crash_loop():
     assert not budget.allow(20.0)  # a third death within 60 s
     assert budget.allow(75.0)  # the deaths at 0 and 10 s have left the window
     assert not RestartBudget(limit=0, window_s=60).allow(0.0)
+
+
+def test_the_supervisor_names_how_a_worker_ended():
+    # Every death after readiness takes the same path (the SIGKILL test below runs it); the
+    # log tells a watchdog's exit (EXIT_WORKER_LOST) from a kill.
+    assert exit_description(EXIT_WORKER_LOST) == "lost its inference thread (status 70)"
+    assert exit_description(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert exit_description(1) == "exited with status 1"
 
 
 def test_every_worker_answers_on_the_one_port(two_workers):
