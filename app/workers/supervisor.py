@@ -9,8 +9,8 @@
   the node (``worker_settings``): ``ATROUS_THREADS`` (unset: the CPUs this process may use,
   its affinity or its cgroup's CPU quota, / N, at least 1) and ``ATROUS_MEMORY_BUDGET_MB``
   / N; each bounds its own queue, so the node queues at most N x ``ATROUS_MAX_QUEUE``.
-* **A checkpoint to export** (or the default network): worker 0 starts alone and exports
-  it into the cache; the others start once it is ready, and load its export.
+* **A checkpoint to export** (or the default network): worker 0 exports it into the cache;
+  the others start with it but load only once it is ready, from its export.
 * **Readiness** is the node's (``app.workers.node``): any worker answers ``/readyz`` with
   200 only when every worker is ready and no drain is under way.
 * **A worker that fails at start** (it exits before it was ever ready: its model did not
@@ -138,7 +138,6 @@ class Supervisor:
         self._signalled: int | None = None
         self._wake_read, self._wake_write = os.pipe()
         self._all_ready_logged = False
-        self._waiting: list[int] = []  # slots that start once worker 0 is ready
 
     def run(self) -> int:
         _configure_logging()
@@ -162,16 +161,12 @@ class Supervisor:
                  f" ({usable_cpus()} CPUs / {self.workers})" if self.settings.threads is None
                  else " (ATROUS_THREADS)", share.memory_budget_mb, self.workers,
                  share.max_queue, share.max_queue * self.workers)
-        # A checkpoint (or the default network) is exported at start into the cache: one
-        # worker exports it while the others would only build the same files beside it.
-        exporting = self.settings.model is None and self.settings.model_repository is None
-        self._waiting = list(range(1, self.workers)) if exporting else []
-        if self._waiting:
-            log.info("worker 0 exports the model first; the others start once it is ready")
+        if self.settings.model is None and self.settings.model_repository is None:
+            log.info("worker 0 exports the model first; the others load it once worker 0 "
+                     "is ready (app.workers.worker)")
         try:
             for slot in range(self.workers):
-                if slot not in self._waiting:
-                    self._start(slot, share, endpoint)
+                self._start(slot, share, endpoint)
             status = self._watch(share, endpoint)
         finally:
             self._stop_all()
@@ -201,10 +196,6 @@ class Supervisor:
             if self._signalled is not None:
                 log.info("signal %d: draining every worker", self._signalled)
                 return 0
-            if self._waiting and self.node.was_ready(0):
-                for slot in self._waiting:
-                    self._start(slot, share, endpoint)
-                self._waiting = []
             self._log_readiness()
             waitables: list[object] = [self._wake_read]
             waitables += [p.sentinel for p in self._processes.values()]

@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +33,35 @@ def run(settings: Settings, endpoint: Endpoint, slot: WorkerSlot) -> None:
     # The supervisor stops workers with SIGTERM; a terminal's Ctrl-C reaches them too, and
     # uvicorn re-raises the signal it caught once it has drained: ignored, not a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    app = create_app(settings, loader=_loader_for(settings, slot.slot), node=slot)
+    app = create_app(settings, loader=_loader_for(settings, slot), node=slot)
     run_app(app, settings, sockets=[listen_on(endpoint)])
 
 
-def _loader_for(settings: Settings, slot: int) -> Loader:
-    """The model loader; ``ATROUS_TEST_WORKER_START_GATE=SLOT:FILE`` holds one worker's
-    until the file exists (tests of ``/readyz`` waiting for every worker)."""
-    if settings.test_worker_start_gate is None:
-        return load_segmenter
-    held, _, gate = settings.test_worker_start_gate.partition(":")
-    if int(held) != slot:
+def _loader_for(settings: Settings, slot: WorkerSlot) -> Loader:
+    """The model loader, with the waits a worker may need before it loads:
+
+    * a checkpoint (or the default network) to export: every worker but 0 waits until
+      worker 0 has been ready once, then finds the export in the cache (N exports of one
+      network at once would cost N times the CPU and memory for one result);
+    * ``ATROUS_TEST_WORKER_START_GATE=SLOT:FILE`` (tests): worker SLOT waits for the file.
+    """
+    waits: list[Callable[[], bool]] = []
+    if settings.model is None and settings.model_repository is None and slot.slot != 0:
+        waits.append(lambda: slot.node.was_ready(0))
+    if settings.test_worker_start_gate is not None:
+        held, _, gate = settings.test_worker_start_gate.partition(":")
+        if int(held) == slot.slot:
+            waits.append(Path(gate).exists)
+    if not waits:
         return load_segmenter
 
-    def gated_loader(settings: Settings) -> Any:
-        while not Path(gate).exists():
-            time.sleep(0.05)
+    def waiting_loader(settings: Settings) -> Any:
+        for done in waits:
+            while not done():
+                time.sleep(0.05)
         return load_segmenter(settings)
 
-    return gated_loader
+    return waiting_loader
 
 
 class WorkerHeaderMiddleware:
