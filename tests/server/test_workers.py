@@ -187,6 +187,22 @@ def test_a_killed_worker_is_restarted_and_the_server_serves_again(two_workers):
     assert two_workers.process.poll() is None
 
 
+def test_a_worker_whose_runtime_hangs_exits_70_and_is_restarted(server_factory,
+                                                                tiny_saved_model):
+    """The watchdog ends a worker whose model call hangs (EXIT_WORKER_LOST, docs/server.md);
+    the supervisor restarts that one and the server serves again."""
+    server = server_factory({"ATROUS_MODEL": str(tiny_saved_model), "ATROUS_WORKERS": "2",
+                             "ATROUS_MAX_BATCH_SIZE": "1", "ATROUS_TEST_FAULT": "hang@1",
+                             "ATROUS_REQUEST_TIMEOUT_S": "2"})
+    hung = httpx.post(server.url + "/segment", content=png(), timeout=30)
+    assert hung.status_code == 504, hung.text
+    wait_for_log(server, rf"worker \d \(pid {worker_pid(hung)}\) lost its inference thread "
+                 r"\(status 70\) after it was ready: restarting it")
+    server.wait_ready(60)
+    assert server.process.poll() is None
+    assert server.stop() == 0, server.log
+
+
 def test_overload_answers_503_with_retry_after_and_loses_nothing(two_workers):
     total, concurrency = 200, 24
     bodies = [png(64 + k, 48, seed=k) for k in range(8)]
