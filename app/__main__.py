@@ -2,4 +2,5 @@
 
 from app.main import serve
 
-serve()
+if __name__ == "__main__":  # not when a spawned worker process imports it
+    serve()

@@ -74,7 +74,7 @@ class Service:
         self._load_task: asyncio.Task[None] | None = None
         # Decoding and encoding threads, a bounded number at once (their memory); a plain
         # executor, whose handoff costs the event loop far less than anyio's thread pool.
-        self._cpu = concurrent.futures.ThreadPoolExecutor(settings.decode_concurrency,
+        self._cpu = concurrent.futures.ThreadPoolExecutor(settings.decode_threads,
                                                           thread_name_prefix="atrous-cpu")
         self._signals = DrainOnSignal(self.mark_draining, enabled=handle_signals)
         self.failure: BaseException | None = None

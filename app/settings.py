@@ -5,6 +5,7 @@ request: a missing model or checkpoint, or a queue smaller than one batch.
 """
 
 import dataclasses
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -96,8 +97,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503s")
-    decode_concurrency: int = Field(
-        4, ge=1, le=64, description="images decoded/encoded at once (bounds their memory)")
+    decode_concurrency: int | None = Field(
+        None, ge=1, le=64, description="images decoded/encoded at once per process (bounds "
+        "their memory; unset: the process's CPU threads, 2 to 8)")
     gpu_memory_growth: bool = Field(True, description="allocate GPU memory as needed")
     fast_jpeg_decode: bool = Field(
         False, description="decode big JPEGs at 1/2-1/8 DCT scale for png/json output: ~3x less "
@@ -134,6 +136,15 @@ class Settings(BaseSettings):
     # Where to listen (used by `atrous serve`).
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # Several processes on that one port (app.workers, docs/server.md "Several workers").
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes on the one port (atrous serve / python -m "
+        "app), each with its own runtime and batcher, its share of the CPU threads and of the "
+        "memory budget, and its own queue of ATROUS_MAX_QUEUE")
+    test_worker_start_gate: str | None = Field(
+        None, pattern=r"^[0-9]+:.+$",
+        description="tests only: SLOT:FILE (worker SLOT, from 0, loads its model only once "
+        "FILE exists)")
 
     _api_keys: tuple[bytes, ...] = PrivateAttr(())
 
@@ -193,6 +204,10 @@ class Settings(BaseSettings):
                 resolve_checkpoint(self.checkpoint)
             except CheckpointError as e:
                 raise ValueError(f"ATROUS_CHECKPOINT: {e}") from None
+        if self.test_worker_start_gate is not None and int(
+                self.test_worker_start_gate.partition(":")[0]) >= self.workers:
+            raise ValueError("ATROUS_TEST_WORKER_START_GATE names a worker slot beyond "
+                             f"ATROUS_WORKERS ({self.workers}; slots count from 0)")
         if self.max_queue < self.max_batch_size:
             raise ValueError(f"max_queue ({self.max_queue}) must be at least "
                              f"max_batch_size ({self.max_batch_size})")
@@ -229,6 +244,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"ATROUS_API_KEYS_FILE ({self.api_keys_file}) holds no key")
             keys += from_file
         return tuple(dict.fromkeys(key.encode("ascii") for key in keys))
+
+    @property
+    def decode_threads(self) -> int:
+        """Threads that decode and encode: explicit, or the process's CPU threads (each
+        worker's share) between 2 and 8: four, the old fixed default, starved a 16-core
+        host's model (benchmarks/RESULTS.md, "The host path")."""
+        if self.decode_concurrency is not None:
+            return self.decode_concurrency
+        return min(8, max(2, self.threads or os.cpu_count() or 1))
 
     @property
     def memory_budget_bytes(self) -> int:

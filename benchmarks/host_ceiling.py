@@ -334,14 +334,21 @@ def bare_model(model: Path, runtime: str, batch: int, seconds: float = 3.0) -> f
 
 
 def describe(src: Path) -> str:
+    """The tree's name and commit (``+dirty`` with uncommitted changes); a tree that is
+    not the top of a git checkout (an exported copy) by its name alone."""
+    src = src.resolve()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
     try:
-        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "-uno"],
-                               capture_output=True, text=True).stdout.strip()
-        return f"{src.name}@{rev}{'+dirty' if dirty else ''}"
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != src:
+            return src.name
+        dirty = git("status", "--porcelain", "-uno")
+        return f"{src.name}@{git('rev-parse', '--short', 'HEAD')}{'+dirty' if dirty else ''}"
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return str(src)
+        return src.name
 
 
 def main() -> None:

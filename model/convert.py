@@ -146,6 +146,10 @@ def convert_model(source: str | Path, out_dir: str | Path, format: str, *,
 def _to_openvino(source: Path, out: Path, calibration: list[Path], input_size: int) -> None:
     import openvino as ov
 
+    from model.inference.runtimes.openvino import no_telemetry
+
+    no_telemetry()
+
     if formats.detect_format(source) == formats.OPENVINO:
         model = ov.Core().read_model(str(formats.model_file(source, formats.OPENVINO)))
     else:

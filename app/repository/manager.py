@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.api.errors import ConflictError, ModelNotFoundError, NotReadyError
 from app.budget import MemoryBudget
@@ -48,6 +48,9 @@ from app.service import Loader, Phase, Service
 from app.settings import Settings
 from app.signals import DrainOnSignal
 from model.inference import formats
+
+if TYPE_CHECKING:
+    from app.workers.node import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,17 @@ class ModelManager:
         metrics: the app's collectors: the server-wide ones (load outcomes, readiness) and
             ``metrics.versions``, whose series each version's service is given.
         handle_signals: chain a SIGTERM/SIGINT hook that turns ``/readyz`` to 503 at once.
+        node: this worker's slot when the server runs several worker processes
+            (``ATROUS_WORKERS``, ``app.workers``), each with its own manager: readiness is
+            then every worker's, and the repository API is refused (it would change this
+            process only; the repository's poll converges every one of them).
     """
 
     def __init__(self, settings: Settings, loader: Loader, metrics: Metrics, *,
-                 handle_signals: bool = True) -> None:
+                 handle_signals: bool = True, node: "WorkerSlot | None" = None) -> None:
         self.settings = settings
+        self.node = node
+        self.processes = node.workers if node is not None else 1
         self.metrics = metrics
         self.phase = Phase.LOADING
         self.failure: BaseException | None = None
@@ -185,8 +194,22 @@ class ModelManager:
         for versions in list(self.models.values()):
             yield from list(versions.values())
 
+    def is_ready(self) -> bool:
+        """Whether this process is ready, whatever the others (what a worker publishes)."""
+        try:
+            self._require_ready_here()
+        except NotReadyError:
+            return False
+        return True
+
     def require_ready(self) -> None:
-        """``/readyz``: NotReadyError unless the default model has an available version."""
+        """``/readyz``: NotReadyError unless the default model has an available version
+        (with several workers: in every one of them, and no drain under way)."""
+        self._require_ready_here()
+        if self.node is not None:
+            self.node.require_all_ready(retry_after=self.settings.retry_after_s)
+
+    def _require_ready_here(self) -> None:
         serving = self._serving(self.default_model)
         if self.phase is not Phase.READY or serving is None:
             raise self._not_ready()
@@ -365,6 +388,7 @@ class ModelManager:
         """The repository API's load: (re)reads ``name`` from disk and loads what its policy
         wants, retrying failed versions; the model's serving version, or ``ModelLoadError``
         if a wanted version failed (the version serving before goes on serving)."""
+        self._require_one_process()
         try:  # never a path outside the repository ("..") or a name no scan would list
             check_model_name(name)
         except ValueError as e:
@@ -388,6 +412,7 @@ class ModelManager:
 
     async def unload_model(self, name: str) -> None:
         """The repository API's unload: every version of ``name`` (never the default)."""
+        self._require_one_process()
         if name == self.default_model:
             raise ConflictError(f"{name} is the default model: it cannot be unloaded")
         if name not in self.models:
@@ -401,6 +426,14 @@ class ModelManager:
                 if v.state is VersionState.FAILED:
                     del self.models[name][v.version]
         await asyncio.gather(*unloading)
+
+    def _require_one_process(self) -> None:
+        if self.processes > 1:
+            raise SeveralWorkersError(
+                f"this server runs {self.processes} worker processes (ATROUS_WORKERS) and the "
+                "repository API would change only the one that received the request: edit "
+                "the repository instead; every worker's poll applies it "
+                "(ATROUS_REPOSITORY_POLL_S)")
 
     async def _poll(self) -> None:
         while True:
@@ -420,6 +453,12 @@ class ModelLoadError(ConflictError):
     """``POST .../load`` of a model none of whose wanted versions loaded."""
 
     status, code = 400, "model_load_failed"
+
+
+class SeveralWorkersError(ConflictError):
+    """The repository API on a server of several worker processes (``ATROUS_WORKERS``)."""
+
+    code = "several_workers"
 
 
 def _return_freed_memory() -> None:

@@ -328,3 +328,19 @@ def test_serve_with_a_missing_runtime_package_fails_at_start_naming_the_extra(ex
                             timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 2, result.stderr
     assert "pip install 'atrous[onnx]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_converting_with_openvino_sends_no_telemetry(exports):
+    """OpenVINO's converter reports usage to Google Analytics unless told not to: a fresh
+    interpreter loads the SavedModel through OpenVINO (a conversion) and ends with the
+    converter's no-op telemetry stub, the real package never imported."""
+    script = (
+        "import sys\n"
+        "from model.inference.runtimes import load_runtime\n"
+        f"load_runtime({str(exports['savedmodel'])!r}, 'openvino')\n"
+        "from openvino.tools.ovc import telemetry_utils\n"
+        "print(telemetry_utils.tm.__name__, sys.modules.get('openvino_telemetry'))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "None"], result.stdout

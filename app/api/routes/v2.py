@@ -78,7 +78,8 @@ class RepositoryEntry(BaseModel):
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {400: "an invalid inference request", 401: "no API key, or a wrong one",
                     403: "not an admin key", 404: "no such model or version",
-                    409: "the default model cannot be unloaded",
+                    409: "the default model cannot be unloaded; or the server runs several "
+                         "worker processes (ATROUS_WORKERS): edit the repository instead",
                     413: "body or image too large", 415: "not a supported image",
                     422: "bad path values", 501: "the runtime gives no probabilities",
                     503: "not ready, shutting down, or queue full", 504: "deadline passed"}
@@ -242,7 +243,7 @@ async def repository_index(manager: ManagerDep) -> list[RepositoryEntry]:
 
 @repository_router.post("/v2/repository/models/{model_name}/load", response_class=Response,
                         responses={200: {"description": "loaded (or already loaded)"},
-                                   **_errors(400, 401, 403, 404)})
+                                   **_errors(400, 401, 403, 404, 409)})
 async def load_model(model_name: str, manager: ManagerDep) -> Response:
     """Reads the model from the repository and loads the versions its policy wants (a failed
     one is retried); the old version serves until the new one is warm."""

@@ -18,6 +18,7 @@ see its docstring for the crash that several Cores led to (docs/runtimes.md, "On
 import functools
 import gc
 import logging
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,21 @@ _PRECISION_HINTS = {precision.FP32: "f32", precision.BF16: "bf16"}
 
 #: The nodes an exported argmax may pass through on its way to the labels output.
 _ARGMAX_TAIL = ("Result", "Convert", "Squeeze", "Reshape")
+
+
+def no_telemetry() -> None:
+    """Keeps OpenVINO's converter and NNCF from reporting usage to Google Analytics.
+
+    Both send events (``openvino_telemetry``) unless the user opted out on the machine (a
+    consent file under ``~/intel``); a server, a training job or a cluster's workers must
+    not phone home, and each send held a worker's exit for up to 3 s.  Both fall back to a
+    no-op when the package cannot be imported: a ``None`` in ``sys.modules`` makes its
+    import fail.  Call before the first conversion or quantization in the process.
+    """
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
+
+no_telemetry()  # this module converts SavedModels at load
 
 
 def probabilities_model(model: Any) -> Any | None:
