@@ -344,3 +344,14 @@ def test_converting_with_openvino_sends_no_telemetry(exports):
                             timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "None"], result.stdout
+
+
+def test_openvino_on_a_share_of_the_cores_does_not_pin_its_threads(exports):
+    """Given a thread count (a server worker's share), OpenVINO must not pin: each process
+    pins to the first cores of its CPU set, so two workers shared core 0."""
+    def pinning(**kwargs: int) -> bool:
+        segmenter = load_runtime(exports["openvino"], "openvino", **kwargs)
+        return bool(segmenter._request.get_compiled_model().get_property("ENABLE_CPU_PINNING"))
+
+    assert pinning(threads=1) is False
+    assert pinning() is True  # OpenVINO's own default where every core is the process's

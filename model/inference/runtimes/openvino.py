@@ -155,6 +155,10 @@ class OpenVINORunner:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+            # OpenVINO pins its threads to the first cores of the process's CPU set: two
+            # server workers with a thread each both ran on core 0 (half the throughput of
+            # one worker on a 2-core machine, benchmarks/RESULTS.md, "Several workers").
+            config["ENABLE_CPU_PINNING"] = False
         self._request = core.compile_model(model, "CPU", config).create_infer_request()
         probabilities = probabilities_model(model)
         self.has_probabilities = probabilities is not None
