@@ -1,5 +1,7 @@
 """Real-looking test images, made here (no downloads), and how alike two sets of masks are."""
 
+import io
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -27,3 +29,12 @@ def agreement(masks: list[np.ndarray], reference: list[np.ndarray]) -> float:
     """The fraction of pixels, over all masks, equal to the reference's."""
     same = sum(int((m == r).sum()) for m, r in zip(masks, reference, strict=True))
     return same / sum(r.size for r in reference)
+
+
+def random_png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    """A small PNG of smooth random colours (a 3 x 4 pixel image blown up)."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (3, 4, 3), np.uint8)).resize((width, height))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -11,23 +11,15 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
 from model.inference.contract import ModelMetadata
+from tests.images import random_png as png
 
 # The one model of ATROUS_MODEL is version 1 of "default": its series carry these labels
 # (the exposition sorts label names).
 VERSION_LABELS = 'model="default",version="1"'
-
-
-def png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (3, 4, 3), np.uint8)).resize((width, height))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def metric(url: str, name: str) -> float:

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,16 +30,9 @@ from app.workers.supervisor import (
 )
 from app.workers.worker import WORKER_HEADER
 from model.inference.contract import ModelMetadata
+from tests.images import random_png as png
 
 ADMIN_KEY = "workers-admin-key"
-
-
-def png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (3, 4, 3), np.uint8)).resize((width, height))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def worker_pid(response: httpx.Response) -> int:
