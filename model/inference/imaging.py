@@ -148,9 +148,12 @@ def _load(data: bytes, max_pixels: int,
     try:
         if input_size is not None and fmt == "JPEG":
             _draft(image, input_size)
-        swapped = _orientation(image) in (5, 6, 7, 8)
+        orientation = _orientation(image)
+        swapped = orientation in (5, 6, 7, 8)
         image.load()
-        image = _to_rgb(_exif_transposed(image))
+        if orientation != 1:  # upright images (most) skip exif_transpose's full copy
+            image = _exif_transposed(image)
+        image = _to_rgb(image)
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated data, bad tiles, bad palettes...
