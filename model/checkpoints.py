@@ -109,11 +109,17 @@ def _looks_complete(prefix: str) -> bool:
             return False
     except (tf.errors.OpError, ValueError):
         return False
-    shards = list(Path(prefix).parent.glob(Path(prefix).name + ".data-*-of-*"))
+    # Only whole shards: a save killed midway leaves "<shard>.tempstate<digits>" beside them.
+    shards = [(path, int(match[1])) for path in Path(prefix).parent.glob(
+                  Path(prefix).name + ".data-*-of-*")
+              if (match := _SHARD.search(path.name))]
     if not shards:
         return False
-    total = int(shards[0].name.rsplit("-of-", 1)[1])
-    return len(shards) == total and all(shard.stat().st_size > 0 for shard in shards)
+    total = shards[0][1]
+    return len(shards) == total and all(path.stat().st_size > 0 for path, _ in shards)
+
+
+_SHARD = re.compile(r"\.data-\d+-of-(\d+)$")
 
 
 def resolve_checkpoint(path: str | Path) -> str:

@@ -135,3 +135,16 @@ def test_missing_and_unreadable_checkpoints(tmp_path):
     empty.mkdir()
     with pytest.raises(checkpoints.CheckpointError, match="holds 0 checkpoints"):
         checkpoints.resolve_checkpoint(empty)
+
+
+def test_a_torn_save_s_temporary_beside_a_whole_checkpoint_is_ignored(tmp_path):
+    """A process killed while TensorFlow writes a shard leaves ``<shard>.tempstate<n>``:
+    the checkpoint beside it still counts, and one with only the temporary is skipped (the
+    temporary's name once crashed a resume: its shard count did not parse)."""
+    path = write_checkpoint(SMALL, tmp_path / "run" / "model.ckpt-100")
+    tf.compat.v1.train.update_checkpoint_state(str(tmp_path / "run"), path)
+    shard = next((tmp_path / "run").glob("model.ckpt-100.data-*"))
+    (shard.parent / (shard.name + ".tempstate8218325911367251161")).write_bytes(b"torn")
+    assert checkpoints.checkpoints_newest_first(tmp_path / "run") == [path]
+    shard.unlink()
+    assert checkpoints.checkpoints_newest_first(tmp_path / "run") == []
