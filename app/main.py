@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
-from app import allocator
 from app.api import auth
 from app.api.errors import install_error_handlers
 from app.api.routes import health, metrics, model_info, models, segment, v2
@@ -128,7 +127,6 @@ def run_app(app: FastAPI, settings: Settings, *,
     failed to load, 3 if the server did not start."""
     import uvicorn
 
-    allocator.keep_freed_memory()
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
                             # uvicorn takes whole seconds; round up, never cut the grace short
                             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),

@@ -20,6 +20,8 @@ load``) and ``unload_model``; one lock makes them one at a time.
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import enum
 import gc
@@ -30,7 +32,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app import allocator
 from app.api.errors import ConflictError, ModelNotFoundError, NotReadyError
 from app.budget import MemoryBudget
 from app.loader import LoadedModel
@@ -370,7 +371,7 @@ class ModelManager:
             self.models.pop(version.model, None)
         self._forget_series(version)
         gc.collect()
-        allocator.return_freed_memory()
+        _return_freed_memory()
         log.info("%s: unloaded", version.label)
 
     def _forget_series(self, version: ModelVersion) -> None:
@@ -458,6 +459,17 @@ class SeveralWorkersError(ConflictError):
     """The repository API on a server of several worker processes (``ATROUS_WORKERS``)."""
 
     code = "several_workers"
+
+
+def _return_freed_memory() -> None:
+    """Asks glibc to give freed heap pages back to the system: an unloaded ONNX Runtime
+    session's arena is freed to malloc, whose free lists would otherwise keep it in the
+    process's RSS (benchmarks/RESULTS.md, "Hot swaps")."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to ask
+        pass
 
 
 def _stamp(source: VersionSource | None) -> tuple[int, int] | None:
