@@ -45,6 +45,7 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 
+from app.metrics import MULTIPROC_DIR_VARIABLE
 from app.settings import Settings
 from app.workers import sockets, worker
 from app.workers.node import NodeState, WorkerSlot
@@ -57,8 +58,6 @@ RESTART_WINDOW_S = 60.0
 #: Seconds a worker may take to drain beyond twice the grace (uvicorn's, then the
 #: batcher's) before it is killed.
 STOP_MARGIN_S = 10.0
-#: The variable prometheus-client's multiprocess mode reads.
-METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def supervise(settings: Settings) -> int:
@@ -151,7 +150,7 @@ class Supervisor:
             return 1
         endpoint = sockets.endpoint_of(reserved)
         metrics_dir = tempfile.mkdtemp(prefix="atrous-metrics-")
-        os.environ[METRICS_DIR_VARIABLE] = metrics_dir  # the spawned workers inherit it
+        os.environ[MULTIPROC_DIR_VARIABLE] = metrics_dir  # the spawned workers inherit it
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("supervisor (pid %d): %d workers on %s:%d; each: %s CPU threads%s, memory "
@@ -174,7 +173,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             reserved.close()
             shutil.rmtree(metrics_dir, ignore_errors=True)
-            os.environ.pop(METRICS_DIR_VARIABLE, None)
+            os.environ.pop(MULTIPROC_DIR_VARIABLE, None)
             os.close(self._wake_read)
             os.close(self._wake_write)
         log.info("supervisor: stopped (status %d)", status)
@@ -259,7 +258,7 @@ class Supervisor:
 
     def _forget(self, process: SpawnProcess) -> None:
         """An exited worker: its live gauges leave the node's metrics."""
-        if process.pid is None or not os.environ.get(METRICS_DIR_VARIABLE):
+        if process.pid is None or not os.environ.get(MULTIPROC_DIR_VARIABLE):
             return
         from prometheus_client import multiprocess
 

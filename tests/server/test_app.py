@@ -175,6 +175,11 @@ def test_settings_fail_at_start_not_at_the_first_request(tmp_path):
         Settings(backbone="resnet_v9")
 
 
+def test_decode_threads_follow_the_process_s_cpu_threads_between_2_and_8():
+    assert [Settings(threads=n).decode_threads for n in (1, 2, 5, 16)] == [2, 2, 5, 8]
+    assert Settings(threads=16, decode_concurrency=3).decode_threads == 3
+
+
 def test_settings_come_from_atrous_environment_variables(monkeypatch):
     env = {"ATROUS_OUTPUT_STRIDE": "8", "ATROUS_INPUT_SIZE": "129", "ATROUS_HEAD": "aspp",
            "ATROUS_BACKBONE": "resnet_v1_50", "ATROUS_MAX_BATCH_SIZE": "2",
