@@ -13,7 +13,7 @@ from app.api.deps import ServiceDep, SettingsDep
 from app.api.errors import NotSupportedError, ValidationError
 from app.api.schemas import ErrorEnvelope, Segmentation
 from app.api.upload import IMAGE_FIELD, read_image_bytes
-from app.batcher import BatchResult
+from app.batcher import Batcher, BatchResult
 from model.inference.contract import ModelMetadata, probabilities_of
 from model.inference.imaging import peek_size
 from model.inference.options import InferenceOptions, Tiling, parse_classes
@@ -122,18 +122,19 @@ async def segment(
                              max_tiles=settings.max_queue)
     remaining = settings.request_timeout_s - (time.monotonic() - arrived)
     async with service.budget.reserve(estimate, timeout=remaining):
+        # The batcher checked on arrival serves the request to its end: a drain that starts
+        # meanwhile refuses new requests, not this one (it is in flight).
         if grouped:
-            return await _segment_group(request, service, settings, data, output, options,
-                                        arrived)
-        return await _segment_single(request, service, settings, data, output, options,
-                                     arrived)
+            return await _segment_group(request, service, batcher, settings, data, output,
+                                        options, arrived)
+        return await _segment_single(request, service, batcher, settings, data, output,
+                                     options, arrived)
 
 
-async def _segment_single(request: Request, service: ServiceDep, settings: SettingsDep,
-                          data: bytes, output: OutputFormat, options: InferenceOptions,
-                          arrived: float) -> Response:
+async def _segment_single(request: Request, service: ServiceDep, batcher: Batcher,
+                          settings: SettingsDep, data: bytes, output: OutputFormat,
+                          options: InferenceOptions, arrived: float) -> Response:
     """DeepLab's single pass: one letterboxed canvas through the batcher, labels back."""
-    batcher = service.require_ready()
     metadata = service.metadata
     started = time.monotonic()
     prepared = await service.run_blocking(functools.partial(
@@ -175,13 +176,12 @@ def inference_options(metadata: ModelMetadata, tiling: Tiling, scales: str | Non
                             tile_max_side=tile_max_side)
 
 
-async def _segment_group(request: Request, service: ServiceDep, settings: SettingsDep,
-                         data: bytes, output: OutputFormat, options: InferenceOptions,
-                         arrived: float) -> Response:
+async def _segment_group(request: Request, service: ServiceDep, batcher: Batcher,
+                         settings: SettingsDep, data: bytes, output: OutputFormat,
+                         options: InferenceOptions, arrived: float) -> Response:
     """The probabilities path: every tile / scale / flip of the image through the batcher
     as one group (all queued or none), each result blended in as it arrives (memory in
     proportion to the output, not to the tiles), then rendered."""
-    batcher = service.require_ready()
     metadata = service.metadata
     started = time.monotonic()
     group = await service.run_blocking(functools.partial(
