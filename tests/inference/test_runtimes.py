@@ -355,3 +355,19 @@ def test_openvino_on_a_share_of_the_cores_does_not_pin_its_threads(exports):
 
     assert pinning(threads=1) is False
     assert pinning() is True  # OpenVINO's own default where every core is the process's
+
+
+def test_openvino_compiles_the_probabilities_on_first_use(exports):
+    """Only a caller of probabilities pays for their compile (the bulk job and the command
+    line never warm up); a server's warm-up compiles them before its first request."""
+    from model.inference.preprocessing import letterbox
+
+    cold = load_runtime(exports["openvino"], "openvino")
+    warm = load_runtime(exports["openvino"], "openvino", warmup_batch_sizes=[1])
+    assert cold.has_probabilities and cold._probabilities is None
+    assert warm._probabilities is not None
+    canvas, valid = letterbox(IMAGES[0], 129)
+    images, sizes = canvas[None], np.array([valid], np.int32)
+    np.testing.assert_allclose(cold.probabilities(images, sizes),
+                               warm.probabilities(images, sizes), atol=1e-6)
+    assert cold._probabilities is not None

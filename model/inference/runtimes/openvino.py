@@ -8,8 +8,8 @@ saves that conversion (and ``--int8`` an NNCF-quantized one).
 The class probabilities are the softmax of the logits that the labels' argmax reads,
 found in the converted graph (an exported network ends in ``argmax -> uint8``, which
 OpenVINO holds as ``TopK -> Squeeze -> Convert``).  They are compiled as a second model
-over the same graph: one model with both outputs would pay for the softmax on every
-labels call (5-9 % of a ResNet-101 513 call, measured).
+over the same graph, on first use or at warm-up: one model with both outputs would pay for
+the softmax on every labels call (5-9 % of a ResNet-101 513 call, measured).
 
 Every runner compiles with one ``ov.Core`` per process (``shared_core``), kept to the end:
 see its docstring for the crash that several Cores led to (docs/runtimes.md, "One process").
@@ -19,6 +19,7 @@ import functools
 import gc
 import logging
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -160,10 +161,13 @@ class OpenVINORunner:
             # one worker on a 2-core machine, benchmarks/RESULTS.md, "Several workers").
             config["ENABLE_CPU_PINNING"] = False
         self._request = core.compile_model(model, "CPU", config).create_infer_request()
-        probabilities = probabilities_model(model)
-        self.has_probabilities = probabilities is not None
-        self._probabilities = (core.compile_model(probabilities, "CPU", config)
-                               .create_infer_request() if probabilities is not None else None)
+        # Compiled on first use (or at warm-up): the bulk job and the command line mostly
+        # never ask for probabilities, and a compile costs seconds and a copy of the weights.
+        self._probabilities_graph = probabilities_model(model)
+        self.has_probabilities = self._probabilities_graph is not None
+        self._probabilities: Any = None
+        self._config = config
+        self._compiling = threading.Lock()
         self.runtime_version = ov.get_version().split("-")[0]
         self.device = f"CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')})"
         # OpenVINO reports a failed allocation as a RuntimeError like any other failure;
@@ -184,11 +188,20 @@ class OpenVINORunner:
         Raises:
             ProbabilitiesUnavailableError: the graph's labels are not an argmax of logits.
         """
-        if self._probabilities is None:
+        if not self.has_probabilities:
             raise ProbabilitiesUnavailableError(
                 f"{self.path}: its labels are not an argmax over logits, so OpenVINO cannot "
                 "give class probabilities for it")
-        return np.asarray(self._infer(self._probabilities, images, sizes), np.float32)
+        return np.asarray(self._infer(self._probabilities_request(), images, sizes), np.float32)
+
+    def _probabilities_request(self) -> Any:
+        with self._compiling:
+            if self._probabilities is None:
+                compiled = shared_core().compile_model(self._probabilities_graph, "CPU",
+                                                       self._config)
+                self._probabilities = compiled.create_infer_request()
+                self._probabilities_graph = None
+            return self._probabilities
 
     def _infer(self, request: Any, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         sizes = check_batch(images, sizes, self.metadata.input_size)
@@ -199,7 +212,7 @@ class OpenVINORunner:
     def close(self) -> None:
         """Releases the compiled models (their memory returns once nothing else holds them)."""
         self._request = None
-        self._probabilities = None
+        self._probabilities = self._probabilities_graph = None
         gc.collect()
 
 
