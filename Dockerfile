@@ -1,4 +1,4 @@
-# atrous: DeepLab-style segmentation server (FastAPI + TensorFlow), one uvicorn worker.
+# atrous: DeepLab-style segmentation server (FastAPI + TensorFlow), ATROUS_WORKERS processes.
 #
 #   docker build -t atrous:0.1.0 .                          # GPU image (default)
 #   docker build -t atrous:0.1.0-cpu --build-arg DEVICE=cpu .  # CPU-only image
@@ -27,6 +27,12 @@ RUN groupadd --system --gid 10001 atrous \
         --shell /usr/sbin/nologin atrous \
  && mkdir -p /models /var/cache/atrous \
  && chown 10001:10001 /var/cache/atrous
+
+# tini as PID 1 (ENTRYPOINT below): it forwards the stop signal to the server and reaps what
+# a killed worker leaves behind; the server's supervisor reaps only its own workers.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/atrous
 
@@ -76,6 +82,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
 # (`docker run --stop-timeout`, compose `stop_grace_period`, k8s `terminationGracePeriodSeconds`).
 STOPSIGNAL SIGTERM
 
-# Exec form: the server is PID 1 and receives the stop signal itself. `atrous serve` runs a single
-# uvicorn worker on ATROUS_HOST:ATROUS_PORT (one process per GPU; scale with more containers).
+# Exec form under tini: tini passes the stop signal to the server alone (with several workers
+# the supervisor drains them in its own order: all unready first, then each stopped). `atrous
+# serve` listens on ATROUS_HOST:ATROUS_PORT with ATROUS_WORKERS processes (docs/deploy.md).
+ENTRYPOINT ["tini", "--"]
 CMD ["atrous", "serve"]

@@ -149,8 +149,16 @@ def test_cmd_runs_the_console_script(dockerfile: Dockerfile) -> None:
     path = ROOT / (module.replace(".", "/") + ".py")
     assert path.is_file(), f"{cmd[0]} = {scripts[cmd[0]]}, but {path.relative_to(ROOT)} is missing"
     assert "serve" in cmd[1:]
-    assert "--workers" not in cmd, "one uvicorn worker per container"
+    assert "--workers" not in cmd, "the workers per container come from ATROUS_WORKERS"
     assert dockerfile.last("STOPSIGNAL") == "SIGTERM"
+
+
+def test_an_init_is_pid_1(dockerfile: Dockerfile) -> None:
+    """tini reaps what a killed worker leaves behind (the supervisor reaps only its own
+    workers) and passes SIGTERM to the server alone: the supervisor drains in its own order
+    (every worker unready first, then each one stopped); -g would signal them behind it."""
+    assert any("apt-get install" in rest and " tini" in rest for rest in dockerfile.all("RUN"))
+    assert json.loads(dockerfile.last("ENTRYPOINT")) == ["tini", "--"]
 
 
 def test_healthcheck_probes_readiness(dockerfile: Dockerfile) -> None:

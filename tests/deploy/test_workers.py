@@ -35,8 +35,8 @@ def test_kubernetes_runs_several_workers_with_two_cpus_each(
 def test_compose_runs_as_many_workers_per_gpu_as_kubernetes(
         k8s: dict[str, dict[str, Any]]) -> None:
     workers = compose_workers()
-    # An init as PID 1 reaps what a dead worker leaves behind; the supervisor reaps its own.
-    assert compose("atrous-service.yml")["services"]["atrous"]["init"] is True
+    # The image's init is PID 1 (test_dockerfile); compose must not put a second one above it.
+    assert "init" not in compose("atrous-service.yml")["services"]["atrous"]
     assert workers == int(k8s["ConfigMap"]["data"]["ATROUS_WORKERS"])
     for name in ("docker-compose.yml", "docker-compose.multi-gpu.yml"):
         for service_name, service in compose(name)["services"].items():
