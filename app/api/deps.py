@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from app.api.errors import ModelNotFoundError
+from app.api.errors import ValidationError
 from app.context import set_served_model
 from app.repository.manager import ModelManager, ModelVersion
 from app.service import Service
@@ -40,10 +40,12 @@ async def leased_version(request: Request, manager: ManagerDep) -> AsyncIterator
     number = request.path_params.get(MODEL_VERSION)
     version = None
     if number is not None:
-        try:
-            version = int(number)
-        except ValueError:
-            raise ModelNotFoundError(f"{number!r} is not a version number") from None
+        # version_path documents the rule, but FastAPI would call this dependency before
+        # reporting its own 422, and the lease would answer 404 for "abc".
+        if not (number.isascii() and number.isdigit()) or int(number) < 1:
+            raise ValidationError(f"path.{MODEL_VERSION}: a version is a whole number from 1 "
+                                  f"(got {number!r})")
+        version = int(number)
     with manager.lease(name, version) as held:
         set_served_model(request.scope, held.label)
         yield held

@@ -143,6 +143,32 @@ def test_a_new_version_takes_new_requests_while_the_old_one_finishes_its_own(tmp
     assert str(tmp_path) not in json.dumps(listing) + json.dumps(info)
 
 
+def test_a_version_that_is_not_a_number_is_a_bad_request_and_a_missing_one_is_not_found(
+        tmp_path):
+    publish(tmp_path, "voc", 1, 1)
+
+    async def body(client, manager):
+        paths = {bad: f"/v1/models/voc/versions/{bad}" for bad in ("abc", "0", "-1", "1.5", "٣")}
+        answers = {bad: await client.get(path) for bad, path in paths.items()}
+        answers["segment"] = await client.post("/v1/models/voc/versions/abc/segment",
+                                               content=png_bytes())
+        answers["v2"] = await client.get("/v2/models/voc/versions/abc")
+        answers["missing"] = await client.get("/v1/models/voc/versions/7")
+        answers["known"] = await client.get("/v1/models/voc/versions/1")
+        return answers
+
+    app = create_app(repository_settings(tmp_path), loader=fake_loader, handle_signals=False)
+    answers = asyncio.run(with_app(app, body))
+    for bad in ("abc", "0", "-1", "1.5", "٣", "segment"):
+        assert answers[bad].status_code == 422, (bad, answers[bad].text)
+        assert answers[bad].json()["error"]["code"] == "validation_error"
+    assert "model_version" in answers["abc"].json()["error"]["message"]
+    assert answers["v2"].status_code == 422 and "error" in answers["v2"].json()
+    assert answers["missing"].status_code == 404
+    assert answers["missing"].json()["error"]["code"] == "model_not_found"
+    assert answers["known"].status_code == 200
+
+
 def test_a_corrupt_or_half_written_version_leaves_the_old_one_serving(tmp_path, caplog):
     publish(tmp_path, "voc", 1, 1)
 
