@@ -23,6 +23,7 @@ atomically (``model.atomic``), a resume restores the newest checkpoint that read
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ CURVES_FILE = "curves.png"
 SUMMARY_DIR = "train"
 GLOBAL_STEP = "global_step"
 MOMENTUM_SLOT = "Momentum"
+
+log = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
@@ -138,18 +141,22 @@ def append_history(run: Path, entry: dict[str, Any]) -> None:
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:
-    """The logged entries; a torn last line (the process was killed writing it) is dropped."""
+    """The logged entries.  A torn last line (the process was killed writing it) is dropped
+    quietly; an unreadable line anywhere else is corruption, skipped with a warning naming it."""
     path = run / HISTORY_FILE
     if not path.is_file():
         return []
+    text = path.read_text()
+    lines = text.splitlines()
     entries = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             entries.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if not (number == len(lines) and not text.endswith("\n")):
+                log.warning("%s:%d is not a JSON entry; skipped", path, number)
     return entries
 
 

@@ -3,6 +3,7 @@ checkpoint, and a RUN is a checkpoint that export reads under the serving graph'
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 
@@ -129,3 +130,21 @@ def test_resume_skips_a_torn_checkpoint_and_trims_the_history_after_it(tmp_path,
                      backbone=TINY_BACKBONE).train(synthetic_voc, resume=True, progress=False)
     assert result.step == 5 and run.step_of(result.checkpoint) == 5
     assert [h["step"] for h in run.read_history(out)] == [1, 2, 3, 4, 5]
+
+
+def test_the_history_drops_a_torn_last_line_quietly_and_names_a_corrupt_one(tmp_path, caplog):
+    good = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.2}]
+    lines = [json.dumps(good[0]), "{not json", json.dumps(good[1]), json.dumps(good[2]),
+             '{"step": 4, "lo']  # killed while writing step 4
+    (tmp_path / run.HISTORY_FILE).write_text("\n".join(lines))
+    with caplog.at_level(logging.WARNING, logger="model.train.run"):
+        assert run.read_history(tmp_path) == good
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / run.HISTORY_FILE}:2 is not a JSON entry; skipped"]
+    # A whole last line that is not JSON is not a torn write: it is named too.
+    (tmp_path / run.HISTORY_FILE).write_text("\n".join(lines) + "\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="model.train.run"):
+        assert run.read_history(tmp_path) == good
+    assert [r.getMessage().rpartition(":")[2] for r in caplog.records] == [
+        "2 is not a JSON entry; skipped", "5 is not a JSON entry; skipped"]
