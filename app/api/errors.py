@@ -130,11 +130,20 @@ class NotReadyError(AtrousError):
     status, code, default_message = 503, "not_ready", "the model is not ready"
 
 
-class QueueFullError(AtrousError):
+class _SheddingError(AtrousError):
+    """Busy: the answer also closes the connection.  The kernel hashes each connection to
+    one worker (``app.workers``) and a kept-alive one stays there, so a full worker would
+    keep its clients while another idles; reconnecting lets them land anywhere."""
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Connection": "close"}
+
+
+class QueueFullError(_SheddingError):
     status, code, default_message = 503, "queue_full", "the server is busy; retry later"
 
 
-class MemoryBusyError(AtrousError):
+class MemoryBusyError(_SheddingError):
     status, code = 503, "memory_busy"
     default_message = "the server's memory budget is in use; retry later"
 

@@ -117,6 +117,7 @@ def test_nothing_is_lost_under_overload(server_factory, tiny_saved_model):
             assert body["error"]["code"] in ("queue_full", "timeout")
             if response.status_code == 503:
                 assert response.headers["retry-after"] == "1"
+                assert response.headers["connection"] == "close"
     print(f"{total} requests in {elapsed:.1f} s: {statuses}")
     assert statuses.get(200, 0) > 0
     assert statuses.get(503, 0) > 0, f"the queue never filled: {statuses}"

@@ -230,6 +230,8 @@ def test_overload_answers_503_with_retry_after_and_loses_nothing(two_workers):
         if response.status_code == 503:
             assert response.json()["error"]["code"] == "queue_full", response.text
             assert response.headers["retry-after"] == "1"
+            # The busy worker lets the connection go, to be re-spread by the kernel.
+            assert response.headers["connection"] == "close"
     print(f"{total} requests: {statuses}; 200s by worker: {dict(served)}")
     assert statuses.get(200, 0) > 0 and statuses.get(503, 0) > 0, statuses
     assert len(served) == 2, f"one worker served everything: {served}"
