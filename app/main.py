@@ -130,7 +130,7 @@ def run_app(app: FastAPI, settings: Settings, *,
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
                             # uvicorn takes whole seconds; round up, never cut the grace short
                             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
-                            log_level="info")
+                            log_level="info", access_log=settings.access_log)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it caught once it has shut down; with SIG_DFL that kills
     # the process (status 143). A no-op handler turns a graceful SIGTERM into exit 0.

@@ -126,12 +126,13 @@ def test_nothing_is_lost_under_overload(server_factory, tiny_saved_model):
     assert metric(server.url, f"atrous_queue_depth{{{VERSION_LABELS}}}") == 0
     assert metric(server.url, "atrous_requests_in_flight") == 1  # the /metrics call itself
     assert server.process.poll() is None
+    assert '"POST /segment HTTP/1.1" 200' in server.log  # the access log is on by default
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(server_factory, tiny_saved_model):
     server = server_factory({"ATROUS_MODEL": str(tiny_saved_model),
                              "ATROUS_MAX_BATCH_SIZE": "8", "ATROUS_MAX_BATCH_DELAY_MS": "1500",
-                             "ATROUS_SHUTDOWN_GRACE_S": "10"})
+                             "ATROUS_SHUTDOWN_GRACE_S": "10", "ATROUS_ACCESS_LOG": "false"})
     outcome: dict[str, object] = {}
 
     def in_flight():
@@ -162,6 +163,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server_factory, tiny_save
     assert late in (503, "refused")
     assert returncode == 0, server.log
     assert "draining" in server.log
+    assert '"POST /segment HTTP/1.1"' not in server.log  # ATROUS_ACCESS_LOG=false
 
 
 def test_uvicorn_factory_without_a_model_exports_the_default_and_says_so(
