@@ -109,7 +109,7 @@ def cpu() -> dict:
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {}
+    found: dict[str, str | None] = {}
     for package in ("tensorflow", "openvino", "nncf", "onnxruntime", "onnx", "tf2onnx"):
         try:
             found[package] = version(package)
@@ -118,7 +118,8 @@ def versions() -> dict:
     return found
 
 
-def agreement(predictions: Path, reference: Path, names: list[str]) -> dict:
+def agreement(predictions: Path, reference: Path,
+              names: list[tuple[str, np.ndarray]]) -> dict:
     """Share of pixels whose label equals the reference's: all pixels, and the pixels the
     ground truth does not ignore (255)."""
     same = total = same_scored = scored = 0

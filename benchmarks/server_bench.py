@@ -32,6 +32,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -177,9 +178,9 @@ def measure_level(runner, url: str, body: bytes, concurrency: int,
                                           3)}
 
 
-def pool(rounds: list[dict]) -> dict[str, object]:
+def pool(rounds: list[dict]) -> dict[str, Any]:
     latencies = [x for r in rounds for x in r.pop("_latencies")]
-    pooled: dict[str, object] = summarise(latencies, sum(r["images"] for r in rounds),
+    pooled: dict[str, Any] = summarise(latencies, sum(r["images"] for r in rounds),
                                           sum(r["wall_s"] for r in rounds))
     if "statuses" in rounds[0]:
         statuses: dict[int, int] = {}
@@ -255,7 +256,7 @@ def main() -> None:
     log = Path(tempfile.mkdtemp(prefix="atrous-bench-")) / "server.log"
     process, url = start_server(path, args, log)
     body = test_image()
-    results: dict[str, object] = {
+    results: dict[str, Any] = {
         "machine": machine(), "model": json.loads(runner.metadata.to_json()),
         "settings": {"max_batch_size": args.max_batch_size,
                      "max_batch_delay_ms": args.max_batch_delay_ms, "request": "640x480 JPEG",
@@ -264,7 +265,7 @@ def main() -> None:
     try:
         for concurrency in args.concurrency:
             level = measure_level(runner, url, body, concurrency, args)
-            results["levels"].append(level)  # type: ignore[union-attr]
+            results["levels"].append(level)
             print(json.dumps(level), flush=True)
     finally:
         process.terminate()

@@ -99,7 +99,7 @@ def main() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (640, 480), (120, 80, 40)).save(buffer, format="JPEG")
     image = buffer.getvalue()
-    samples = []
+    samples: list[dict[str, float | None]] = []
     try:
         wait(lambda: _ready(url))
         httpx.post(url + "/segment", content=image, timeout=120).raise_for_status()
@@ -126,8 +126,7 @@ def main() -> None:
         server.terminate()
         status = server.wait(120)
         log.close()
-    after_5th = samples[5]["rss_mib"]
-    last = samples[-1]["rss_mib"]
+    after_5th, last = float(samples[5]["rss_mib"] or 0), float(samples[-1]["rss_mib"] or 0)
     result = {
         "format": args.format, "backbone": args.backbone, "input_size": args.input_size,
         "swaps": args.swaps, "cpu": _cpu(), "samples": samples,

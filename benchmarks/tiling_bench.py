@@ -71,7 +71,7 @@ def main() -> int:
     from model.config import ModelConfig
     from model.export import UntrainedModelWarning, cached_export
     from model.inference import pipeline
-    from model.inference.options import InferenceOptions
+    from model.inference.options import InferenceOptions, Tiling
     from model.inference.runtimes import load_runtime
     from model.inference.tiling import DEEPLAB_EVAL_SCALES
 
@@ -89,9 +89,9 @@ def main() -> int:
     modes = {
         "single": None,
         "single+probabilities": InferenceOptions(),
-        "tiling=on": InferenceOptions(tiling="on"),
+        "tiling=on": InferenceOptions(tiling=Tiling.on),
         "scales=DeepLab+flip": InferenceOptions(scales=DEEPLAB_EVAL_SCALES, flip=True),
-        "tiling=on+flip": InferenceOptions(tiling="on", flip=True),
+        "tiling=on+flip": InferenceOptions(tiling=Tiling.on, flip=True),
     }
 
     def run(options: InferenceOptions | None) -> int:

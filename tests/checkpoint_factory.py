@@ -134,9 +134,9 @@ def write_checkpoint(
         # runs the session once per variable: 40 s of executor set-up for ResNet-101).
         feeds = {}
         for name, variable in variables.items():
-            value = values(name, variable.shape.as_list()) if values is not None else None
-            if value is not None:
-                feeds[variable.initializer.inputs[1]] = value
+            given = values(name, variable.shape.as_list()) if values is not None else None
+            if given is not None:
+                feeds[variable.initializer.inputs[1]] = given
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer(), feed_dict=feeds)
             saver.save(session, str(path), write_meta_graph=False)
