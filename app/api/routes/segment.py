@@ -14,6 +14,7 @@ from app.api.errors import NotSupportedError, ValidationError
 from app.api.schemas import ErrorEnvelope, Segmentation
 from app.api.upload import IMAGE_FIELD, read_image_bytes
 from app.batcher import Batcher, BatchResult
+from app.settings import Settings
 from model.inference.contract import ModelMetadata, probabilities_of
 from model.inference.imaging import peek_size
 from model.inference.options import InferenceOptions, Tiling, parse_classes
@@ -113,13 +114,7 @@ async def segment(
         grouped = False  # json without confidences
     data = await read_image_bytes(request, settings.max_upload_bytes)
     # The work's memory is reserved before decoding: over the budget it waits or is refused.
-    size = peek_size(data) or (1, 1)  # unreadable: decoding says why, at no cost
-    if size[0] * size[1] > settings.max_image_pixels:
-        size = (1, 1)  # decoding refuses it (413 image_too_large) before any work
-    estimate = working_bytes(size, metadata.input_size, metadata.num_classes, options, output,
-                             batch_size=settings.max_batch_size,
-                             max_model_pixels=settings.max_inference_pixels,
-                             max_tiles=settings.max_queue)
+    estimate = work_estimate(data, metadata, options, output, settings)
     remaining = settings.request_timeout_s - (time.monotonic() - arrived)
     async with service.budget.reserve(estimate, timeout=remaining):
         # The batcher checked on arrival serves the request to its end: a drain that starts
@@ -159,6 +154,20 @@ async def _segment_single(request: Request, service: ServiceDep, batcher: Batche
     stages = {"decode": decoded - started, "queue": result.queue_s,
               "inference": result.inference_s, "encode": encoded - inferred}
     return _response(service, body, output, stages, {})
+
+
+def work_estimate(data: bytes, metadata: ModelMetadata, options: InferenceOptions,
+                  output: OutputFormat, settings: Settings) -> int:
+    """The memory a request's work will need (``app.budget``), from the image's header,
+    before decoding: an unreadable or over-limit image costs nothing, as decoding refuses it
+    first (400, 413 image_too_large)."""
+    size = peek_size(data) or (1, 1)
+    if size[0] * size[1] > settings.max_image_pixels:
+        size = (1, 1)
+    return working_bytes(size, metadata.input_size, metadata.num_classes, options, output,
+                         batch_size=settings.max_batch_size,
+                         max_model_pixels=settings.max_inference_pixels,
+                         max_tiles=settings.max_queue)
 
 
 def inference_options(metadata: ModelMetadata, tiling: Tiling, scales: str | None, flip: bool,

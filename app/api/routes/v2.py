@@ -20,13 +20,12 @@ from pydantic import BaseModel, Field
 from app.api import inference_protocol as protocol
 from app.api.deps import ManagerDep, SettingsDep, VersionDep, model_path, version_path
 from app.api.errors import NotSupportedError
-from app.api.routes.segment import inference_options
+from app.api.routes.segment import inference_options, work_estimate
 from app.api.upload import read_image_bytes
 from app.batcher import BatchResult
 from app.repository.manager import VersionState
 from model.inference import probabilities as probability_outputs
 from model.inference.contract import probabilities_of
-from model.inference.imaging import peek_size
 from model.inference.options import Tiling
 from model.inference.pipeline import (
     OutputFormat,
@@ -34,7 +33,6 @@ from model.inference.pipeline import (
     decode_group,
     restore,
     start_group,
-    working_bytes,
 )
 
 router = APIRouter(tags=["open inference protocol"])
@@ -157,14 +155,8 @@ async def infer(request: Request, held: VersionDep, settings: SettingsDep) -> Re
     want_confidence = protocol.CONFIDENCE_OUTPUT in parsed.outputs
     remaining = lambda: max(settings.request_timeout_s - (time.monotonic() - arrived), 0)  # noqa: E731
     # The work's memory is reserved before decoding, as /segment's (app.budget).
-    size = peek_size(parsed.image) or (1, 1)
-    if size[0] * size[1] > settings.max_image_pixels:
-        size = (1, 1)  # decoding refuses it (413 image_too_large) before any work
     output = OutputFormat.confidence if want_confidence else OutputFormat.png
-    estimate = working_bytes(size, metadata.input_size, metadata.num_classes, options, output,
-                             batch_size=settings.max_batch_size,
-                             max_model_pixels=settings.max_inference_pixels,
-                             max_tiles=settings.max_queue)
+    estimate = work_estimate(parsed.image, metadata, options, output, settings)
     async with service.budget.reserve(estimate, timeout=remaining()):
         tensors: dict[str, Any] = {}
         if want_confidence or not options.single_pass:
