@@ -84,7 +84,7 @@ def test_openvino_compiles_in_the_chosen_precision(tiny_saved_model, requested):
     want = choose_precision(requested, "openvino", "fp32")
     assert segmenter.inference_precision == want
     hint = {"fp32": "f32", "bf16": "bf16"}[want.name]
-    for request in (segmenter._request, segmenter._probabilities):
+    for request in (segmenter._request, segmenter._probabilities_request()):
         compiled = request.get_compiled_model()
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in (hint, {
             "f32": "<Type: 'float32'>", "bf16": "<Type: 'bfloat16'>"}[hint])
