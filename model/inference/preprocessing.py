@@ -1,14 +1,17 @@
 """Host-side DeepLab pre/post-processing (numpy and Pillow, no TensorFlow).
 
 DeepLab's demo resizes the RGB image so that its longer side is the input size
-(antialiased), feeds it at the top left of the canvas, which the graph pads with
-the mean pixel (``model.nets.network.pad_with_mean``), and crops the prediction back to
-the resized region.  Here the crop is resized to the original width x height with
-nearest neighbour, so every mask pixel lines up with an input pixel.
+(antialiased: Pillow's Lanczos, here computed by ``resample.lanczos`` to the same bytes),
+feeds it at the top left of the canvas, which the graph pads with the mean pixel
+(``model.nets.network.pad_with_mean``), and crops the prediction back to the resized region.
+Here the crop is resized to the original width x height with nearest neighbour, so every
+mask pixel lines up with an input pixel.
 """
 
 import numpy as np
 from PIL import Image
+
+from model.inference import resample
 
 
 def resized_shape(width: int, height: int, input_size: int) -> tuple[int, int]:
@@ -32,9 +35,8 @@ def letterbox(image: Image.Image, input_size: int) -> tuple[np.ndarray, tuple[in
     if image.mode != "RGB":
         raise ValueError(f"letterbox expects an RGB image, got mode {image.mode}")
     height, width = resized_shape(image.width, image.height, input_size)
-    resized = image.resize((width, height), Image.Resampling.LANCZOS)
     canvas = np.zeros((input_size, input_size, 3), dtype=np.uint8)
-    canvas[:height, :width] = np.asarray(resized)
+    resample.lanczos(image, (width, height), out=canvas[:height, :width])
     return canvas, (height, width)
 
 

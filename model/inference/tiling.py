@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from model.inference import resample
+
 __all__ = [
     "DEEPLAB_EVAL_SCALES",
     "DEFAULT_TILE_MAX_SIDE",
@@ -373,9 +375,8 @@ def cut_image(image: Image.Image, plan: ImagePlan) -> tuple[np.ndarray, np.ndarr
         if shape not in resized:
             same = shape == (image.height, image.width)
             # Lanczos, as the letterbox: at scale 1 without tiling this is its exact input.
-            scaled = image if same else image.resize((shape[1], shape[0]),
-                                                     Image.Resampling.LANCZOS)
-            resized[shape] = np.asarray(scaled)
+            resized[shape] = (np.asarray(image) if same
+                              else resample.lanczos(image, (shape[1], shape[0])))
         pixels = resized[shape][:, ::-1] if step.flipped else resized[shape]
         tiles, valid = cut_tiles(pixels, step.grid)
         canvases.append(tiles)
