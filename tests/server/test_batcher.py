@@ -169,7 +169,7 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
     error, refused_in, results = run(main())
     http_error = as_http_error(error, retry_after_s=3)  # the API layer's one table
     assert http_error.status == 503 and http_error.code == "queue_full"
-    assert http_error.headers() == {"Retry-After": "3"}
+    assert http_error.headers() == {"Retry-After": "3", "Connection": "close"}
     assert refused_in < 0.05
     assert [int(r.labels[0, 0]) for r in results] == [0, 1, 2]
 
