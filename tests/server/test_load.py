@@ -143,7 +143,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server_factory, tiny_save
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(0.5)  # the request is now waiting in the batcher
+    deadline = time.monotonic() + 30
+    while metric(server.url, f"atrous_queue_depth{{{VERSION_LABELS}}}") < 1:  # admitted
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.02)
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     try:
