@@ -2,7 +2,7 @@
 
 DeepLab's input is Pillow's antialiased (Lanczos) resize, and on a GPU node it is most of the
 host's work per image (``benchmarks/resize_bench.py``).  Pillow computes it in scalar C;
-this computes exactly the same numbers with BLAS, 1.2-2.2x faster on the CPUs measured:
+this computes exactly the same numbers with BLAS, 1.4-2x faster on the CPU measured:
 
 * the coefficients are Pillow's (``libImaging/Resample.c``): the same double-precision
   formulas in the same order, with the same C library's ``sin``, then rounded to Pillow's
@@ -22,7 +22,6 @@ reused per thread (fresh pages cost more than the arithmetic).
 
 import functools
 import math
-import mmap
 import threading
 
 import numpy as np
@@ -31,7 +30,7 @@ from PIL import Image
 _BITS = 22  # Pillow's PRECISION_BITS for 8-bit images
 _GROUP = 8  # outputs per matrix product
 _MAX_WORK = 1 << 18  # m * n * k of one product: OpenBLAS runs it single-threaded
-_BUFFER_BYTES = 2 << 20  # a thread keeps working buffers up to this size (pages used on touch)
+_BUFFER_BYTES = 2 << 20  # a thread keeps its working buffers up to this size
 _WHOLE_BYTES = 1 << 20  # an image up to this size is read as one array, a bigger one by stripes
 _MIN_STRIPE = 64  # input rows per product, at least (under _MAX_WORK)
 
@@ -127,9 +126,7 @@ def _buffer(name: str, shape: tuple[int, int]) -> np.ndarray:
         return np.empty(shape)
     buffer = getattr(_local, name, None)
     if buffer is None:
-        # Mapped apart from malloc's heap: as a heap block it moved where malloc trims,
-        # and every later decode paid for fresh pages again (700 page faults per image).
-        buffer = np.frombuffer(mmap.mmap(-1, _BUFFER_BYTES), np.float64)
+        buffer = np.empty(_BUFFER_BYTES // 8)
         setattr(_local, name, buffer)
     return buffer[:count].reshape(shape)
 
