@@ -93,11 +93,9 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_segmen
     app.include_router(health.router)
     app.include_router(web.router)  # the page stays open, so that a user can type a key
     install_error_handlers(app)
-    app.add_middleware(ObservabilityMiddleware, metrics=server_metrics)
-    if node is not None:
-        from app.workers.worker import WorkerHeaderMiddleware
-
-        app.add_middleware(WorkerHeaderMiddleware, slot=node.slot)
+    # With several workers, every response names the one that answered.
+    app.add_middleware(ObservabilityMiddleware, metrics=server_metrics,
+                       headers=node.response_headers() if node is not None else ())
     return app
 
 

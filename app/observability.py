@@ -15,9 +15,13 @@ from app.metrics import Metrics
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    """``headers``: fixed ones for every response (a worker's name, ``app.workers``)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +41,8 @@ class ObservabilityMiddleware:
                 served = served_model_of(scope)
                 if served is not None and MODEL_HEADER not in headers:
                     headers.append(MODEL_HEADER, served)
+                for name, value in self.headers:
+                    headers.append(name, value)
             await send(message)
 
         self.metrics.in_flight.inc()

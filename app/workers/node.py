@@ -31,6 +31,9 @@ _STATE_NAMES = {STARTING: "starting", READY: "ready", NOT_READY: "not ready"}
 #: Seconds between two publications of a worker's own readiness.
 PUBLISH_INTERVAL_S = 0.1
 
+#: The response header naming the worker that answered: ``<slot>; pid=<pid>``.
+WORKER_HEADER = "X-Atrous-Worker"
+
 
 class NodeState:
     """The shared bytes; created by the supervisor for ``workers`` processes."""
@@ -75,6 +78,10 @@ class WorkerSlot:
     @property
     def workers(self) -> int:
         return self.node.workers
+
+    def response_headers(self) -> tuple[tuple[str, str], ...]:
+        """What every response of this worker carries: its name (``WORKER_HEADER``)."""
+        return ((WORKER_HEADER, f"{self.slot}; pid={os.getpid()}"),)
 
     def require_all_ready(self, retry_after: int) -> None:
         """``/readyz``'s node half: ``NotReadyError`` while draining or while another worker

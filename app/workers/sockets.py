@@ -34,13 +34,7 @@ def reserve(host: str, port: int) -> socket.socket:
     """Binds ``host:port`` (port 0: a free one) without listening; ``OSError`` if in use."""
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    reserved = _reusable(family)
-    try:
-        reserved.bind(address)
-    except OSError:
-        reserved.close()
-        raise
-    return reserved
+    return listen_on(Endpoint(family, address))
 
 
 def endpoint_of(reserved: socket.socket) -> Endpoint:

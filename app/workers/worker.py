@@ -9,16 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from app.loader import load_segmenter
 from app.service import Loader
 from app.settings import Settings
 from app.workers.node import WorkerSlot
 from app.workers.sockets import Endpoint, listen_on
-
-#: The response header naming the worker that answered: ``<slot>; pid=<pid>``.
-WORKER_HEADER = "X-Atrous-Worker"
 
 
 def run(settings: Settings, endpoint: Endpoint, slot: WorkerSlot) -> None:
@@ -62,24 +57,3 @@ def _loader_for(settings: Settings, slot: WorkerSlot) -> Loader:
         return load_segmenter(settings)
 
     return waiting_loader
-
-
-class WorkerHeaderMiddleware:
-    """Names the worker on every response (``X-Atrous-Worker``): which process answered."""
-
-    def __init__(self, app: ASGIApp, slot: int) -> None:
-        self.app = app
-        self.value = f"{slot}; pid={os.getpid()}".encode("ascii")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def named(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []),
-                                      (WORKER_HEADER.lower().encode("ascii"), self.value)]
-            await send(message)
-
-        await self.app(scope, receive, named)

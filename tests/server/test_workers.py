@@ -22,13 +22,13 @@ from PIL import Image
 from app.budget import MB
 from app.service import EXIT_WORKER_LOST
 from app.settings import Settings
+from app.workers.node import WORKER_HEADER
 from app.workers.supervisor import (
     RestartBudget,
     cgroup_cpu_quota,
     exit_description,
     worker_settings,
 )
-from app.workers.worker import WORKER_HEADER
 from model.inference.contract import ModelMetadata
 from tests.images import random_png as png
 
