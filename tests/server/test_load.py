@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,18 +15,7 @@ from PIL import Image
 
 from model.inference.contract import ModelMetadata
 from tests.images import random_png as png
-
-# The one model of ATROUS_MODEL is version 1 of "default": its series carry these labels
-# (the exposition sorts label names).
-VERSION_LABELS = 'model="default",version="1"'
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
+from tests.server.live import VERSION_LABELS, admitted_request, metric
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -133,20 +121,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server_factory, tiny_save
     server = server_factory({"ATROUS_MODEL": str(tiny_saved_model),
                              "ATROUS_MAX_BATCH_SIZE": "8", "ATROUS_MAX_BATCH_DELAY_MS": "1500",
                              "ATROUS_SHUTDOWN_GRACE_S": "10", "ATROUS_ACCESS_LOG": "false"})
-    outcome: dict[str, object] = {}
-
-    def in_flight():
-        try:
-            outcome["response"] = httpx.post(server.url + "/segment", content=png(), timeout=15)
-        except Exception as e:  # noqa: BLE001 - reported below
-            outcome["error"] = e
-
-    thread = threading.Thread(target=in_flight)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while metric(server.url, f"atrous_queue_depth{{{VERSION_LABELS}}}") < 1:  # admitted
-        assert time.monotonic() < deadline, server.log
-        time.sleep(0.02)
+    thread, outcome = admitted_request(server.url, png(), timeout=15)
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     try:

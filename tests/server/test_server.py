@@ -18,11 +18,9 @@ from PIL import Image
 
 from model.inference.labels import VOC_LABELS, voc_colormap
 from model.inference.precision import bf16_units
+from tests.server.live import VERSION_LABELS
 
 MAX_UPLOAD = 2_000_000
-# The one model of ATROUS_MODEL is version 1 of "default": its series carry these labels
-# (the exposition sorts label names).
-VERSION_LABELS = 'model="default",version="1"'
 MAX_PIXELS = 20_000_000
 
 

@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from app.workers.supervisor import (
 )
 from model.inference.contract import ModelMetadata
 from tests.images import random_png as png
+from tests.server.live import admitted_request
 
 ADMIN_KEY = "workers-admin-key"
 
@@ -71,13 +71,6 @@ def readyz(url: str) -> httpx.Response | None:
         return httpx.get(url + "/readyz", timeout=5)
     except httpx.TransportError:
         return None
-
-
-def node_metric(url: str, name: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def wait_for_log(server, pattern: str, timeout: float = 60.0) -> None:
@@ -273,22 +266,8 @@ def test_readyz_waits_for_every_worker_and_sigterm_drains_them_all(server_factor
     used = re.search(r"\[worker 1 pid \d+\] model\.export: using cached SavedModel", log)
     assert used and log.index("] app.repository.manager: ready: default/1") < used.start(), log
 
-    outcome: dict[str, object] = {}
-
-    def in_flight() -> None:
-        try:
-            outcome["response"] = httpx.post(server.url + "/segment", content=png(), timeout=30)
-        except Exception as e:  # noqa: BLE001 - reported below
-            outcome["error"] = e
-
-    thread = threading.Thread(target=in_flight)
-    thread.start()
-    deadline = time.monotonic() + 30
-    # In flight = admitted: the image waits in a batcher for company (1.5 s).  (Counted on
-    # arrival only, a slow start under load could still meet the drain before admission.)
-    while node_metric(server.url, 'atrous_queue_depth{model="default",version="1"}') < 1:
-        assert time.monotonic() < deadline, server.log
-        time.sleep(0.02)
+    # The image waits in a batcher for company (1.5 s) when the drain begins.
+    thread, outcome = admitted_request(server.url, png())
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     late = [readyz(server.url) for _ in range(6)]
