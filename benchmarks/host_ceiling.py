@@ -41,7 +41,10 @@ import psutil
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 BOUNDARY = "atrousbenchboundary"
+
+from benchmarks.tiling_bench import cpu_name  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,15 +70,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def machine() -> dict:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def tiny_model(args: argparse.Namespace) -> Path:
@@ -318,7 +313,6 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
 
 def bare_model(model: Path, runtime: str, batch: int, seconds: float = 3.0) -> float:
     """The model alone, in this process: images/s on letterboxed canvases."""
-    sys.path.insert(0, str(REPO))
     from model.inference.runtimes import load_runtime
 
     segmenter = load_runtime(model, runtime)
