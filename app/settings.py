@@ -102,8 +102,7 @@ class Settings(BaseSettings):
         "their memory; unset: the process's CPU threads, 2 to 8)")
     gpu_memory_growth: bool = Field(True, description="allocate GPU memory as needed")
     access_log: bool = Field(
-        True, description="uvicorn's line per request (off behind a proxy that logs them: "
-        "about 3 % of the event loop's time)")
+        True, description="uvicorn's line per request (off behind a proxy that logs them)")
     fast_jpeg_decode: bool = Field(
         False, description="decode big JPEGs at 1/2-1/8 DCT scale for png/json output: ~3x less "
         "CPU, but the model input is no longer DeepLab's exact antialiased resize")
