@@ -70,13 +70,18 @@ def _horizontal_first(old: tuple[int, int], new: tuple[int, int]) -> bool:
     return not (shrink_y > 0 and shrink_y > shrink_x * 2)
 
 
-def _lanczos3(x: float) -> float:
-    if not -3.0 <= x < 3.0:
-        return 0.0
-    near = 1.0 if x == 0.0 else math.sin(x * math.pi) / (x * math.pi)
-    x /= 3
-    far = 1.0 if x == 0.0 else math.sin(x * math.pi) / (x * math.pi)
-    return near * far
+def _lanczos3(x: np.ndarray) -> np.ndarray:
+    """Pillow's ``lanczos_filter``, element by element with the same double operations: the
+    arithmetic is IEEE's either way, and ``sin`` is the C library's (``math.sin``), not
+    numpy's own, which may differ in the last bit."""
+    def sinc(x: np.ndarray) -> np.ndarray:
+        angle = x * math.pi
+        sines = np.fromiter(map(math.sin, angle.ravel().tolist()), np.float64, angle.size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(x == 0.0, 1.0, sines.reshape(angle.shape) / angle)
+
+    inside = (x >= -3.0) & (x < 3.0)
+    return np.where(inside, sinc(x) * sinc(x / 3), 0.0)
 
 
 class _Axis:
@@ -88,28 +93,28 @@ class _Axis:
         filterscale = max(scale, 1.0)
         support = 3.0 * filterscale
         inverse = 1.0 / filterscale
-        taps: list[tuple[int, list[int]]] = []
-        for output in range(out_size):
-            center = (output + 0.5) * scale
-            first = max(int(center - support + 0.5), 0)
-            count = min(int(center + support + 0.5), in_size) - first
-            weights = [_lanczos3((x + first - center + 0.5) * inverse) for x in range(count)]
-            total = 0.0
-            for weight in weights:
-                total += weight
-            if total != 0.0:
-                weights = [weight / total for weight in weights]
-            taps.append((first, [int(w * (1 << _BITS) + (-0.5 if w < 0 else 0.5))
-                                 for w in weights]))
+        center = (np.arange(out_size) + 0.5) * scale
+        first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+        count = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - first
+        taps = np.arange(int(count.max()))
+        used = taps < count[:, None]
+        weights = np.where(used, _lanczos3(
+            ((taps + first[:, None]) - center[:, None] + 0.5) * inverse), 0.0)
+        # Summed in order, as Pillow's loop does (np.sum would pair them up).
+        total = np.add.accumulate(weights, axis=1)[:, -1:]
+        weights = np.where(total != 0.0, weights / np.where(total != 0.0, total, 1.0), weights)
+        scaled = weights * (1 << _BITS)
+        fixed = np.trunc(np.where(weights < 0, scaled - 0.5, scaled + 0.5))
         self.groups = []
         for start in range(0, out_size, _GROUP):
-            chunk = taps[start:start + _GROUP]
-            low, high = chunk[0][0], max(first + len(k) for first, k in chunk)
-            matrix = np.zeros((high - low, len(chunk)))
-            for j, (first, k) in enumerate(chunk):
-                matrix[first - low:first - low + len(k), j] = k
+            end = min(start + _GROUP, out_size)
+            low, high = int(first[start]), int((first[start:end] + count[start:end]).max())
+            matrix = np.zeros((high - low, end - start))
+            for j in range(end - start):
+                offset = int(first[start + j]) - low
+                matrix[offset:offset + count[start + j], j] = fixed[start + j, :count[start + j]]
             matrix *= 2.0 ** -_BITS  # a power of two: still exact
-            self.groups.append((start, start + len(chunk), low, high, matrix))
+            self.groups.append((start, end, low, high, matrix))
         self.span = max(high - low for _, _, low, high, _ in self.groups)
 
 
