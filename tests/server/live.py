@@ -41,3 +41,14 @@ def admitted_request(url: str, body: bytes, *,
         assert time.monotonic() < deadline and "error" not in outcome, outcome
         time.sleep(0.02)
     return thread, outcome
+
+
+def response_of(thread: threading.Thread, outcome: dict[str, object],
+                timeout: float = 30.0) -> httpx.Response:
+    """The answer to ``admitted_request`` (it must have come, not an error)."""
+    thread.join(timeout)
+    assert "error" not in outcome, outcome
+    response = outcome.get("response")
+    assert isinstance(response, httpx.Response), outcome
+    return response
+

@@ -15,7 +15,7 @@ from PIL import Image
 
 from model.inference.contract import ModelMetadata
 from tests.images import random_png as png
-from tests.server.live import VERSION_LABELS, admitted_request, metric
+from tests.server.live import VERSION_LABELS, admitted_request, metric, response_of
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -128,14 +128,11 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server_factory, tiny_save
         late = httpx.get(server.url + "/readyz", timeout=2).status_code
     except httpx.TransportError:
         late = "refused"
-    thread.join(20)
+    response = response_of(thread, outcome, timeout=20)
     try:
         returncode = server.process.wait(20)
     except subprocess.TimeoutExpired:
         pytest.fail(f"still running 20 s after the request ended:\n{server.log}")
-    assert "error" not in outcome, outcome
-    response = outcome["response"]
-    assert isinstance(response, httpx.Response)
     assert response.status_code == 200, response.text
     assert Image.open(io.BytesIO(response.content)).size == (64, 48)
     assert late in (503, "refused")
