@@ -26,8 +26,10 @@ _JPEG_QUALITY = 90
 def mask_png(mask: np.ndarray) -> bytes:
     """uint8 [H, W] class ids -> 8-bit palette PNG (mode P, VOC colours)."""
     height, width = mask.shape
-    # The class ids are the palette indices: no quantisation, just a palette attached.
-    image = Image.frombytes("P", (width, height), np.ascontiguousarray(mask, np.uint8).tobytes())
+    # The class ids are the palette indices: no quantisation, just a palette attached to
+    # the mask's own memory (no copy).
+    image = Image.frombuffer("P", (width, height), np.ascontiguousarray(mask, np.uint8),
+                             "raw", "P", 0, 1)
     image.putpalette(_PALETTE)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)

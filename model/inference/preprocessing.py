@@ -11,7 +11,7 @@ mask pixel lines up with an input pixel.
 import numpy as np
 from PIL import Image
 
-from model.inference import resample
+from model.inference import pixels, resample
 
 
 def resized_shape(width: int, height: int, input_size: int) -> tuple[int, int]:
@@ -57,4 +57,4 @@ def restore_mask(labels: np.ndarray, size: tuple[int, int],
     width, height = original
     if crop.size != (width, height):
         crop = crop.resize((width, height), Image.Resampling.NEAREST)
-    return np.asarray(crop, dtype=np.uint8)
+    return pixels.view(crop)

@@ -28,11 +28,12 @@ import threading
 import numpy as np
 from PIL import Image
 
+from model.inference import pixels
+
 _BITS = 22  # Pillow's PRECISION_BITS for 8-bit images
 _GROUP = 8  # outputs per matrix product
 _MAX_WORK = 1 << 18  # m * n * k of one product: OpenBLAS runs it single-threaded
 _BUFFER_BYTES = 2 << 20  # a thread keeps its working buffers up to this size
-_WHOLE_BYTES = 1 << 20  # an image up to this size is read as one array, a bigger one by stripes
 _MIN_STRIPE = 64  # input rows per product, at least (under _MAX_WORK)
 
 _local = threading.local()
@@ -165,7 +166,9 @@ def _resize(image: Image.Image, out: np.ndarray) -> None:
         bands_of_rows.append((i, j, low, groups[j - 1][3]))
         i = j
     flat = _buffer("band", (max(high - low for _, _, low, high in bands_of_rows), row_size))
-    whole = np.asarray(image) if width * height * bands <= _WHOLE_BYTES else None
+    # Pillow's own memory where it can share it; else a big photo is read stripe by stripe:
+    # as one array it would be a copy as big as itself.
+    whole = pixels.shared(image)
     converted = _buffer("rows", (min(stripe, height) * bands, width))
     result_buffer = _buffer("result", (max(len(groups[i:j]) for i, j, _, _ in bands_of_rows)
                                        * _GROUP, row_size))
@@ -178,10 +181,9 @@ def _resize(image: Image.Image, out: np.ndarray) -> None:
         for top in range(low + kept, high, stripe):
             bottom = min(top + stripe, high)
             rows = converted[:(bottom - top) * bands]
-            # A big photo a stripe at a time: as one array it is a copy as big as itself.
-            pixels = (whole[top:bottom] if whole is not None
-                      else np.asarray(image.crop((0, top, width, bottom))))
-            np.copyto(rows.reshape(bottom - top, bands, width), pixels.transpose(0, 2, 1))
+            stripe_pixels = (whole[top:bottom] if whole is not None
+                             else pixels.view(image.crop((0, top, width, bottom))))
+            np.copyto(rows.reshape(bottom - top, bands, width), stripe_pixels.transpose(0, 2, 1))
             part = band[(top - low) * bands:(bottom - low) * bands]
             for start, end, first, last, matrix in across.groups:
                 np.matmul(rows[:, first:last], matrix, out=part[:, start:end])

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from model.inference import resample
+from model.inference import pixels, resample
 
 __all__ = [
     "DEEPLAB_EVAL_SCALES",
@@ -375,10 +375,10 @@ def cut_image(image: Image.Image, plan: ImagePlan) -> tuple[np.ndarray, np.ndarr
         if shape not in resized:
             same = shape == (image.height, image.width)
             # Lanczos, as the letterbox: at scale 1 without tiling this is its exact input.
-            resized[shape] = (np.asarray(image) if same
+            resized[shape] = (pixels.view(image) if same
                               else resample.lanczos(image, (shape[1], shape[0])))
-        pixels = resized[shape][:, ::-1] if step.flipped else resized[shape]
-        tiles, valid = cut_tiles(pixels, step.grid)
+        source = resized[shape][:, ::-1] if step.flipped else resized[shape]
+        tiles, valid = cut_tiles(source, step.grid)
         canvases.append(tiles)
         sizes.append(valid)
     return np.concatenate(canvases), np.concatenate(sizes)

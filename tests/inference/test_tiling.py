@@ -172,3 +172,26 @@ def test_a_single_pass_holds_one_tile_row_of_accumulator_not_the_image():
     assert sum(n for _, n in bands) == 300 and max(n for _, n in bands) <= 33
     with pytest.raises(ValueError, match="already added"):
         merge.add(0, np.zeros((33, 33, 3), np.float32))
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (0.5, 1.0)])
+def test_cut_image_cuts_the_image_itself_at_scale_one_and_pillows_resize_at_others(scales):
+    """At scale 1 a tiled pass reads the decoded pixels (no resize), flipped or not; another
+    scale reads Pillow's Lanczos resize."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    image = Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    plan = tiling.plan_image(90, 70, 33, tiled=True, scales=scales, flip=True)
+    canvases, sizes = tiling.cut_image(image, plan)
+    expected_canvases, expected_sizes = [], []
+    for step in plan.passes:
+        shape = (step.grid.height, step.grid.width)
+        source = (np.asarray(image) if shape == (70, 90) else
+                  np.asarray(image.resize(shape[::-1], Image.Resampling.LANCZOS)))
+        tiles, valid = tiling.cut_tiles(source[:, ::-1] if step.flipped else source, step.grid)
+        expected_canvases.append(tiles)
+        expected_sizes.append(valid)
+    assert any(p.grid.height == 70 for p in plan.passes)
+    np.testing.assert_array_equal(canvases, np.concatenate(expected_canvases))
+    np.testing.assert_array_equal(sizes, np.concatenate(expected_sizes))
