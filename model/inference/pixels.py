@@ -3,7 +3,7 @@
 ``np.asarray(image)`` goes through ``Image.tobytes``: Pillow packs the pixels into 64 KB
 chunks, joins them into one new ``bytes`` and numpy reads that; all of it holds the GIL, and
 the fresh megabytes cost page faults.  In a server with one process that was a third of the
-decode threads' time under the GIL (``py-spy --gil``, RESULTS "Zero-copy pixels").
+decode threads' time under the GIL (``py-spy --gil``; RESULTS "Pixels without the copy").
 
 Pillow (11.2 and later) exports an image's own memory through the Arrow C data interface
 (``Image.__arrow_c_array__``), a stable ABI.  ``shared`` reads the data pointer from it and
