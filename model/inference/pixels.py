@@ -8,8 +8,8 @@ decode threads' time under the GIL (``py-spy --gil``; RESULTS "Pixels without th
 Pillow (11.2 and later) exports an image's own memory through the Arrow C data interface
 (``Image.__arrow_c_array__``), a stable ABI.  ``shared`` reads the data pointer from it and
 hands numpy a read-only array over that memory (Pillow keeps RGB as four bytes per pixel:
-the view leaves the fourth out).  The Arrow capsule
-stays referenced by the array, so Pillow's memory lives as long as the view does.
+the view leaves the fourth out).  The array holds the Arrow capsule, so Pillow's memory
+lives as long as the view does.
 
 Pillow exports only images whose rows are one block of memory (up to its 16 MB block size);
 a bigger image, or a mode with another layout, falls back to the copy.
@@ -54,7 +54,8 @@ class _Exported:
         # Four-byte pixels are a fixed-size list of uint8: the bytes are its child's.
         values = array.children[0].contents if bands > 1 else array
         width, height = image.size
-        if values.length - values.offset < width * height * bands or not values.buffers[1]:
+        if (values.n_buffers != 2 or not values.buffers[1]
+                or values.length < width * height * bands):
             raise ValueError("unexpected Arrow export")
         self.__array_interface__ = {
             "version": 3,
