@@ -12,7 +12,8 @@ a real ``python -m app`` is started on loopback and driven by ``--client-procs``
 processes (raw keep-alive HTTP/1.1 over asyncio, so the load costs little CPU of its own)
 that POST a 640x480 JPEG as a multipart ``image`` field and read the PNG mask back.
 Reported: images/s, the server's CPU ms per image (every process of the server, user +
-system, from psutil), p50/p99 latency, non-200 answers, and the bare model's images/s.
+system, from psutil), p50/p99 latency, non-200 answers, and the bare model's images/s and
+CPU ms per image.
 
 Usage::
 
@@ -311,8 +312,10 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
     }
 
 
-def bare_model(model: Path, runtime: str, batch: int, seconds: float = 3.0) -> float:
-    """The model alone, in this process: images/s on letterboxed canvases."""
+def bare_model(model: Path, runtime: str, batch: int,
+               seconds: float = 3.0) -> tuple[float, float]:
+    """The model alone, in this process: images/s on letterboxed canvases, and its CPU ms
+    per image (the part of the server's CPU per image that is not the host path's)."""
     from model.inference.runtimes import load_runtime
 
     segmenter = load_runtime(model, runtime)
@@ -320,11 +323,11 @@ def bare_model(model: Path, runtime: str, batch: int, seconds: float = 3.0) -> f
     canvases = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
     valid = np.full((batch, 2), size, np.int32)
     segmenter(canvases, valid)
-    done, started = 0, time.monotonic()
+    done, started, cpu = 0, time.monotonic(), time.process_time()
     while time.monotonic() - started < seconds:
         segmenter(canvases, valid)
         done += batch
-    return done / (time.monotonic() - started)
+    return done / (time.monotonic() - started), 1000 * (time.process_time() - cpu) / done
 
 
 def describe(src: Path) -> str:
@@ -354,8 +357,9 @@ def main() -> None:
             "client_procs": client_procs, "seconds": args.seconds,
             "max_batch_size": args.max_batch_size, "env": args.env}
     print(json.dumps(info))
-    bare = bare_model(model, args.runtime, args.max_batch_size)
-    print(f"bare model: {bare:.0f} images/s (batch {args.max_batch_size}, this process)")
+    bare, bare_cpu = bare_model(model, args.runtime, args.max_batch_size)
+    print(f"bare model: {bare:.0f} images/s, {bare_cpu:.2f} CPU ms/image "
+          f"(batch {args.max_batch_size}, this process)")
     rows = []
     logs = Path(tempfile.mkdtemp(prefix="atrous-host-ceiling-"))
     for round_ in range(args.rounds):
@@ -381,7 +385,8 @@ def main() -> None:
                               flush=True)
                 finally:
                     server.stop()
-    result = {"machine": info, "bare_images_per_s": bare, "rows": rows}
+    result = {"machine": info, "bare_images_per_s": bare, "bare_cpu_ms_per_image": bare_cpu,
+              "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
