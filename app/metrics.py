@@ -20,8 +20,10 @@ whole directory (``MultiProcessCollector``), so that any worker's ``/metrics`` s
 counters and histograms summed over every worker that ever ran (the dead ones included, so
 that they never go backwards), gauges merged by their ``multiprocess_mode`` over the live
 ones (a worker's live gauges go when its supervisor calls ``mark_process_dead``).  Files
-cannot forget, so there an unloaded version's series stay (its live gauges zeroed) until the
-directory is emptied, at the next start.  The mode is chosen when prometheus-client is
+cannot forget: an unloaded version's values stay in them (its live gauges zeroed), and the
+worker that answers leaves the series of the versions it has unloaded out of its answer, as
+one process does (a version unloaded in one worker and not yet in another, during a swap,
+may be missing from that one answer).  The mode is chosen when prometheus-client is
 imported: the variable must be set before the process starts.  Values are keyed there by
 process, name and labels, not by registry: one app per process in that mode.
 """
@@ -109,8 +111,10 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition: the node's (every worker's) in multiprocess mode,
-        else this process's."""
-        return generate_latest(self._node if self._node is not None else self.registry)
+        without the versions this process has unloaded, else this process's."""
+        if self._node is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Without(self._node, self.versions.forgotten))
 
 
 class VersionMetrics:
@@ -138,20 +142,24 @@ class VersionMetrics:
         self.families: tuple[Family, ...] = (self.stage_latency, self.batch_size,
                                              self.model_inputs, self.queue_depth,
                                              self.rejections, self.ready)
+        #: (model, version) pairs unloaded here, which multiprocess mode's files still hold.
+        self.forgotten: set[tuple[str, str]] = set()
 
     def of(self, model: str, version: int) -> "VersionSeries":
         """The series of one version (created now: its readiness reads 0 until it is set)."""
+        self.forgotten.discard((model, str(version)))
         return VersionSeries(self, model, str(version))
 
     def forget(self, model: str, version: int) -> None:
         """After a version is unloaded (or failed to load): its series leave ``/metrics``.
 
-        In multiprocess mode the files cannot forget a series, so its live gauges (queue
-        depth, readiness) are zeroed instead and every series stays until the restart.
+        In multiprocess mode the files cannot forget a series: its live gauges (queue depth,
+        readiness) are zeroed, for the other workers' answers, and this one's leaves it out.
         """
         if multiprocess_dir() is not None:
             self.queue_depth.labels(model, str(version)).set(0)
             self.ready.labels(model, str(version)).set(0)
+            self.forgotten.add((model, str(version)))
             return
         for family in self.families:
             family.remove_by_labels({"model": model, "version": str(version)})
@@ -200,6 +208,20 @@ class _SameNameMerged:
             else:
                 into.samples.extend(family.samples)
         return iter(merged.values())
+
+
+class _Without:
+    """A registry's families without the series of some (model, version) pairs."""
+
+    def __init__(self, registry: CollectorRegistry, left_out: set[tuple[str, str]]) -> None:
+        self._registry, self._left_out = registry, left_out
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if self._left_out:
+                family.samples = [s for s in family.samples if (
+                    s.labels.get("model"), s.labels.get("version")) not in self._left_out]
+            yield family
 
 
 def _collected(families: Iterable[Family]) -> Iterator[Metric]:

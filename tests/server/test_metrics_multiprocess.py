@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.multiprocess import mark_process_dead
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
@@ -176,29 +177,43 @@ def test_a_version_loaded_again_while_its_old_self_unloads_keeps_its_series(tmp_
     assert 'atrous_batch_size_count{model="extra",version="1"}' in text
 
 
-def test_in_multiprocess_mode_an_unloaded_version_s_live_gauges_are_zeroed(tmp_path):
-    """Files cannot forget a series: it stays, its live gauges at 0 (and no warning)."""
+def test_in_multiprocess_mode_an_unloaded_version_leaves_the_answer_and_its_gauges_are_zeroed(
+        tmp_path):
+    """Files cannot forget a series: the worker that unloaded a version leaves it out of its
+    answer (as one process does), and the files hold its live gauges at 0 for the others;
+    a version still loaded, and one loaded again, are answered as before."""
     script = textwrap.dedent("""
         from prometheus_client.parser import text_string_to_metric_families
         from app.metrics import Metrics
         metrics = Metrics(max_batch_size=4)
-        series = metrics.versions.of("voc", 1)
-        series.ready.set(1)
-        series.queue_depth.set(3)
-        series.batch_size.observe(2)
+        for version in (1, 2, 3):
+            series = metrics.versions.of("voc", version)
+            series.ready.set(1)
+            series.queue_depth.set(3)
+            series.batch_size.observe(2)
         metrics.versions.forget("voc", 1)
+        metrics.versions.forget("voc", 3)
+        metrics.versions.of("voc", 3).ready.set(1)  # loaded again
+        seen = set()
         for family in text_string_to_metric_families(metrics.render().decode()):
             for s in family.samples:
-                if s.labels.get("version") == "1" and s.name in (
-                        "atrous_ready", "atrous_queue_depth", "atrous_batch_size_count"):
-                    print(s.name, s.value)
+                seen.add(s.labels.get("version"))
+        print(" ".join(sorted(v for v in seen if v)))
     """)
     env = {**os.environ, MULTIPROC_DIR_VARIABLE: str(tmp_path)}
     done = subprocess.run([sys.executable, "-W", "error", "-c", script], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert sorted(done.stdout.split("\n")[:-1]) == [
-        "atrous_batch_size_count 1.0", "atrous_queue_depth 0.0", "atrous_ready 0.0"]
+    assert done.stdout.split() == ["2", "3"]
+
+    # Another worker's answer reads the same files: the unloaded version's live gauges at 0.
+    other = CollectorRegistry()
+    MultiProcessCollector(other, str(tmp_path))
+    old = {"model": "voc", "version": "1"}
+    assert other.get_sample_value("atrous_ready", old) == 0
+    assert other.get_sample_value("atrous_queue_depth", old) == 0
+    assert other.get_sample_value("atrous_batch_size_count", old) == 1
+    assert other.get_sample_value("atrous_ready", {"model": "voc", "version": "2"}) == 1
 
 
 def test_a_metrics_directory_that_does_not_exist_fails_at_start(tmp_path, monkeypatch):
