@@ -8,6 +8,7 @@ import collections
 import io
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -307,3 +308,41 @@ def test_a_worker_that_fails_at_start_stops_the_server_with_status_1(server_fact
     assert "model loading failed" in server.log
     assert "before it was ready: stopping the server" in server.log
     assert "supervisor: stopped (status 1)" in server.log
+
+
+def test_a_swap_leaves_the_old_version_out_of_every_worker_s_metrics(server_factory,
+                                                                      tiny_saved_model,
+                                                                      tmp_path: Path):
+    """Each worker's poll swaps version 1 for 2; the files cannot forget version 1, but no
+    worker's /metrics shows it once that worker has unloaded it (as one process)."""
+    repository = tmp_path / "repository"
+    (repository / "voc").mkdir(parents=True)
+    shutil.copytree(tiny_saved_model, repository / "voc" / "1")
+    server = server_factory({"ATROUS_MODEL_REPOSITORY": str(repository), "ATROUS_WORKERS": "2",
+                             "ATROUS_REPOSITORY_POLL_S": "0.3", "ATROUS_MAX_BATCH_SIZE": "1",
+                             "ATROUS_MAX_BATCH_DELAY_MS": "0"})
+    assert len(pids_answering(server.url, want=2)) == 2  # both count version 1's requests
+    shutil.copytree(tiny_saved_model, repository / "voc" / ".tmp-2")
+    (repository / "voc" / ".tmp-2").rename(repository / "voc" / "2")
+
+    def answers_by_worker() -> dict[int, str]:
+        seen: dict[int, str] = {}
+        for _ in range(16):  # fresh connections: the kernel spreads them over the workers
+            response = httpx.get(server.url + "/metrics", timeout=10,
+                                 headers={"Connection": "close"})
+            seen[worker_pid(response)] = response.text
+        return seen
+
+    deadline = time.monotonic() + 60
+    while True:
+        answers = answers_by_worker()
+        if len(answers) == 2 and all('version="1"' not in text for text in answers.values()):
+            break
+        assert time.monotonic() < deadline, (
+            f"version 1 still in a worker's /metrics: {sorted(answers)}\n{server.log}")
+        time.sleep(0.3)
+    for text in answers.values():
+        assert 'atrous_ready{model="voc",version="2"} 1.0' in text
+        # the node's counters still count version 1's requests (they have no version label)
+        assert re.search(r'atrous_requests_total\{method="POST",route="/segment",'
+                         r'status="200"\} [1-9]', text), text
