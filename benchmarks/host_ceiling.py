@@ -66,8 +66,41 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra server environment (repeatable)")
+    parser.add_argument("--gc-probe", action="store_true",
+                        help="log the server's full (generation 2) garbage collections, which "
+                             "stop every thread, and report those of each measured level")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
+
+
+# Loaded by the server's interpreter at start (a ``sitecustomize`` on its PYTHONPATH) with
+# --gc-probe: one line per full collection, "start (epoch s) duration (ms)".
+GC_PROBE = """
+import gc, os, threading, time
+_path, _started = os.environ["ATROUS_BENCH_GC_LOG"], {}
+def _probe(phase, info):
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        _started[threading.get_ident()] = (time.time(), time.perf_counter())
+    elif threading.get_ident() in _started:
+        wall, began = _started.pop(threading.get_ident())
+        with open(_path, "a") as log:
+            log.write(f"{wall:.6f} {1000 * (time.perf_counter() - began):.3f}\\n")
+gc.callbacks.append(_probe)
+"""
+
+
+def full_collections(log: Path | None, start: float, stop: float) -> dict[str, float] | None:
+    """The server's full collections that began in [start, stop] (epoch s): count, longest
+    and total ms; None without --gc-probe."""
+    if log is None:
+        return None
+    durations = [float(d) for t, d in (line.split() for line in
+                                       (log.read_text().splitlines() if log.exists() else []))
+                 if start <= float(t) <= stop]
+    return {"count": len(durations), "max_ms": max(durations, default=0.0),
+            "total_ms": sum(durations)}
 
 
 def machine() -> dict:
@@ -169,9 +202,12 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, src: Path, model: Path, workers: int, args: argparse.Namespace,
-                 log: Path) -> None:
+                 log: Path, gc_log: Path | None = None) -> None:
         self.port = free_port()
-        path = os.pathsep.join([str(src), str(src / "client"), os.environ.get("PYTHONPATH", "")])
+        self.gc_log = gc_log
+        probe = [str(gc_log.parent / "probe")] if gc_log is not None else []
+        path = os.pathsep.join([*probe, str(src), str(src / "client"),
+                                os.environ.get("PYTHONPATH", "")])
         env = {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep), "PYTHONUNBUFFERED": "1",
                "ATROUS_HOST": "127.0.0.1", "ATROUS_PORT": str(self.port),
                "ATROUS_MODEL": str(model), "ATROUS_RUNTIME": args.runtime,
@@ -179,6 +215,8 @@ class Server:
                "ATROUS_MAX_BATCH_SIZE": str(args.max_batch_size),
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         env.update(item.split("=", 1) for item in args.env)
+        if gc_log is not None:
+            env["ATROUS_BENCH_GC_LOG"] = str(gc_log)
         self.log = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=src, env=env,
@@ -279,10 +317,10 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
     for p in loaders:
         p.start()
     time.sleep(max(0.0, start - time.monotonic()))
-    cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+    cpu_before, wall_before, epoch_before = server.cpu_seconds(), time.monotonic(), time.time()
     stages_before = stage_totals(server.port)
     time.sleep(max(0.0, stop - time.monotonic()))
-    cpu_after, wall_after = server.cpu_seconds(), time.monotonic()
+    cpu_after, wall_after, epoch_after = server.cpu_seconds(), time.monotonic(), time.time()
     stages = stage_means(stages_before, stage_totals(server.port))
     outs = [results.get(timeout=120) for _ in loaders]
     for p in loaders:
@@ -309,6 +347,7 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
         "first_error": next((o["error"] for o in outs if "error" in o), None),
         "response_bytes": len(reference.content),
         "stages": {k: round(v, 2) for k, v in stages.items()},
+        "full_collections": full_collections(server.gc_log, epoch_before, epoch_after),
     }
 
 
@@ -362,12 +401,16 @@ def main() -> None:
           f"(batch {args.max_batch_size}, this process)")
     rows = []
     logs = Path(tempfile.mkdtemp(prefix="atrous-host-ceiling-"))
+    if args.gc_probe:
+        (logs / "probe").mkdir()
+        (logs / "probe" / "sitecustomize.py").write_text(GC_PROBE)
     for round_ in range(args.rounds):
         for workers in args.workers:
             for src in args.src:
                 label = describe(src)
-                server = Server(src.resolve(), model, workers, args,
-                                logs / f"{label.replace('/', '_')}-{workers}-{round_}.log")
+                name = f"{label.replace('/', '_')}-{workers}-{round_}"
+                server = Server(src.resolve(), model, workers, args, logs / f"{name}.log",
+                                logs / f"gc-{name}.txt" if args.gc_probe else None)
                 try:
                     server.wait_ready()
                     for concurrency in args.concurrency:
@@ -381,8 +424,9 @@ def main() -> None:
                               f"{row['event_loop_cpu_ms_per_image'] or 0:.2f}), p50 "
                               f"{row['p50_ms'] or 0:.1f} ms, p99 {row['p99_ms'] or 0:.1f} ms, "
                               f"other {row['other_statuses']}, wrong {row['wrong_bytes']}, "
-                              f"conn errors {row['connection_errors']}; {row['stages']}",
-                              flush=True)
+                              f"conn errors {row['connection_errors']}; {row['stages']}"
+                              + (f"; full collections {row['full_collections']}"
+                                 if args.gc_probe else ""), flush=True)
                 finally:
                     server.stop()
     result = {"machine": info, "bare_images_per_s": bare, "bare_cpu_ms_per_image": bare_cpu,

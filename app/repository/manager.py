@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_FREEZE_AGAIN_S = 1.0  # after an unload (``_collect_everything``)
+
 
 class VersionState(enum.Enum):
     LOADING = "loading"
@@ -341,6 +343,7 @@ class ModelManager:
         if service.phase is Phase.READY and service.loaded is not None:
             version.fingerprint = await asyncio.to_thread(fingerprint, service.loaded)
             version.state = VersionState.AVAILABLE
+            _freeze()
             self.metrics.model_loads.labels(model=name, outcome="available").inc()
             log.info("%s: available (%.1f s)", version.label, time.monotonic() - started)
             return
@@ -351,6 +354,7 @@ class ModelManager:
         await service.stop()
         service.release()
         self._forget_series(version)
+        _collect_everything()
 
     async def _unload(self, version: ModelVersion) -> None:
         """Unloading: no new leases; waits for the last one (up to the grace), then stops
@@ -370,7 +374,7 @@ class ModelManager:
         if not versions:
             self.models.pop(version.model, None)
         self._forget_series(version)
-        gc.collect()
+        _collect_everything()
         _return_freed_memory()
         log.info("%s: unloaded", version.label)
 
@@ -470,6 +474,26 @@ def _return_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to ask
         pass
+
+
+def _freeze() -> None:
+    """After a load: garbage collected, then what survives frozen (``gc.freeze``).
+
+    The modules and the loaded models (430,000 objects with TensorFlow imported) so leave
+    the collector's generations, whose full collections under load stalled every thread for
+    ~240 ms each (benchmarks/RESULTS.md, "The collector and the loaded models")."""
+    gc.collect()
+    gc.freeze()
+
+
+def _collect_everything() -> None:
+    """After an unload or a failed load: a full collection, frozen objects included (the
+    released version's reference cycles may be among them); the rest is frozen again a
+    moment later, once the stopped version's last frames (its batcher thread, its watchdog)
+    are gone, so that they are not frozen with it."""
+    gc.unfreeze()
+    gc.collect()
+    asyncio.get_running_loop().call_later(_FREEZE_AGAIN_S, _freeze)
 
 
 def _stamp(source: VersionSource | None) -> tuple[int, int] | None:

@@ -264,3 +264,43 @@ def test_a_training_run_is_served_as_the_network_it_recorded(tmp_path):
     contradicting = Settings(backbone="resnet_v1_50").model_copy(update={"checkpoint": run})
     with pytest.raises(ValueError, match="ATROUS_BACKBONE"):
         model_config_for(contradicting)
+
+
+def test_loaded_versions_are_frozen_out_of_the_collector_and_an_unloaded_one_s_cycles_go(
+        tmp_path):
+    """A load ends with gc.freeze (what is loaded is not scanned again by every full
+    collection); an unload collects frozen objects too, so a version's reference cycles do
+    not outlive it, and what stays is frozen again."""
+    import gc
+    import weakref
+
+    publish(tmp_path, "voc", 1, 1)
+    publish(tmp_path, "extra", 1, 7)
+    marks: dict[str, weakref.ref] = {}
+
+    class Mark:
+        pass
+
+    def cyclic_loader(settings: Settings) -> LoadedModel:
+        loaded = fake_loader(settings)
+        mark = Mark()
+        mark.cycle = (mark, loaded)  # only the collector can free it
+        loaded.segmenter.mark = mark
+        marks[settings.model.parent.name] = weakref.ref(mark)
+        return loaded
+
+    async def body(client, manager):
+        frozen = gc.get_freeze_count()
+        assert marks["extra"]() is not None
+        await manager.unload_model("extra")
+        await wait_for(lambda: marks["extra"]() is None)  # collected, though frozen
+        await wait_for(lambda: gc.get_freeze_count() > 0)  # the rest frozen again
+        return frozen
+
+    app = create_app(repository_settings(tmp_path, default_model="voc"), loader=cyclic_loader,
+                     handle_signals=False)
+    try:
+        assert asyncio.run(with_app(app, body)) > 0
+        assert marks["voc"]() is not None  # the version still loaded stays
+    finally:
+        gc.unfreeze()
