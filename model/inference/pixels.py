@@ -75,8 +75,7 @@ def shared(image: Image.Image) -> np.ndarray | None:
     bands = _BANDS.get(image.mode)
     if bands is None or image.width == 0 or image.height == 0:
         return None
-    image.load()
-    try:
+    try:  # the export decodes a lazily opened image first
         pixels = np.asarray(_Exported(image, bands))
     except ValueError:  # "Image rows are not contiguous in memory"
         return None

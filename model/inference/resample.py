@@ -54,7 +54,7 @@ def lanczos(image: Image.Image, size: tuple[int, int],
     width, height = size
     if (image.mode != "RGB" or width == image.width or height == image.height
             or not _horizontal_first(image.size, size)):
-        resized = np.asarray(image.resize(size, Image.Resampling.LANCZOS))
+        resized = pixels.view(image.resize(size, Image.Resampling.LANCZOS))
         if out is None:
             return resized
         out[...] = resized

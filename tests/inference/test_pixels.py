@@ -68,7 +68,7 @@ def test_an_empty_image_is_an_empty_array() -> None:
     assert pixels.view(image).shape == np.asarray(image).shape
 
 
-def test_a_lazily_decoded_image_is_loaded_first(tmp_path) -> None:
+def test_a_lazily_opened_image_is_decoded_by_the_export(tmp_path) -> None:
     path = tmp_path / "a.png"
     _image("RGB", (40, 30)).save(path)
     with Image.open(path) as image:  # not decoded yet

@@ -51,4 +51,3 @@ def response_of(thread: threading.Thread, outcome: dict[str, object],
     response = outcome.get("response")
     assert isinstance(response, httpx.Response), outcome
     return response
-
