@@ -110,7 +110,13 @@ def machine() -> dict:
 def tiny_model(args: argparse.Namespace) -> Path:
     if args.model is not None:
         return args.model
-    out = Path(tempfile.gettempdir()) / "atrous-host-ceiling" / "cifar_resnet_20_129_onnx"
+    return export_near_free(
+        Path(tempfile.gettempdir()) / "atrous-host-ceiling" / "cifar_resnet_20_129_onnx")
+
+
+def export_near_free(out: Path) -> Path:
+    """The near-free model, ``cifar_resnet_20`` at input 129 as ONNX, exported into ``out``
+    unless it is there already."""
     if not (out / "model.onnx").exists():
         subprocess.run([sys.executable, "-m", "app.cli", "export", "--backbone",
                         "cifar_resnet_20", "--input-size", "129", "--format", "onnx",
