@@ -88,3 +88,34 @@ def test_it_runs_on_the_calling_thread_alone() -> None:
         resample.lanczos(image, (513, 288))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert cpu <= wall * 1.15 + 0.01, f"{cpu:.3f} s of CPU in {wall:.3f} s"
+
+
+@pytest.mark.parametrize(("in_size", "out_size"), [
+    (640, 129), (480, 97), (640, 513), (4032, 513), (300, 513), (2, 513), (513, 4000),
+    (1000, 3), (97, 96)])
+def test_each_stacked_window_holds_its_groups_span_inside_the_input(in_size: int,
+                                                                    out_size: int) -> None:
+    """A run's strided view reads ``start + k * step`` .. ``+ window`` for its k-th group:
+    that must cover the group's taps (else weights are dropped) and stay in the input
+    (else it reads memory past the image); the runs cover every output once."""
+    axis = resample._axis(in_size, out_size)
+    outputs = []
+    for run in axis.runs:
+        for k, (start, end, low, high, matrix) in enumerate(
+                axis.groups[run.first:run.first + run.count]):
+            window_start = run.start + k * run.step
+            assert 0 <= window_start <= low and high <= window_start + run.window <= in_size
+            offset = low - window_start
+            assert np.array_equal(run.matrices[k, offset:offset + high - low, :end - start],
+                                  matrix)
+            assert not run.matrices[k, :offset].any()
+            assert not run.matrices[k, offset + high - low:].any()
+            outputs.extend(range(start, end))
+    assert outputs == list(range(out_size))
+
+
+def test_the_letterbox_sizes_take_a_few_stacked_products() -> None:
+    """The point of the runs: DeepLab's 640 -> 513 row is 65 groups of outputs, which
+    would be 65 numpy calls (each one a GIL hand-off) per stripe of input rows."""
+    assert len(resample._axis(640, 513).runs) <= 4
+    assert len(resample._axis(640, 129).runs) <= 4
