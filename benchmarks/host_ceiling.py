@@ -20,6 +20,12 @@ Usage::
     python benchmarks/host_ceiling.py                          # this tree, 1 worker
     python benchmarks/host_ceiling.py --workers 1 2 --concurrency 16 32
     python benchmarks/host_ceiling.py --src /tmp/before . --json out.json   # before/after
+    python benchmarks/host_ceiling.py --model-threads 1     # the model as a GPU would be
+
+On a CPU the stand-in model is not free: by default its runtime takes every core of its
+process (2 threads here), as the server gives any model, and its thread pool wakes per
+operator on the cores that decode.  A GPU's runtime takes one host thread, which launches
+kernels; ``--model-threads 1`` measures the host path as a GPU node would run it.
 """
 
 import argparse
@@ -45,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BOUNDARY = "atrousbenchboundary"
 
+from app.workers.supervisor import usable_cpus  # noqa: E402
 from benchmarks.tiling_bench import cpu_name  # noqa: E402
 
 
@@ -64,6 +71,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1,
                         help="passes over every (src, workers, concurrency), interleaved")
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--model-threads", type=int, default=None,
+                        help="the runtime's CPU threads per server process (ATROUS_THREADS; "
+                             "the decode threads stay the server's default for the worker "
+                             "count). 1 stands for a GPU, whose runtime takes one host thread "
+                             "to launch its kernels; unset: the server's default (its share "
+                             "of the cores), which also runs the stand-in model on them")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra server environment (repeatable)")
     parser.add_argument("--gc-probe", action="store_true",
@@ -220,6 +233,11 @@ class Server:
                "ATROUS_WORKERS": str(workers), "ATROUS_MAX_QUEUE": "1024",
                "ATROUS_MAX_BATCH_SIZE": str(args.max_batch_size),
                "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if args.model_threads is not None:
+            # ATROUS_THREADS alone would also size the decode threads (2 to 8 per process):
+            # they keep what the server gives a worker of this count by default.
+            env["ATROUS_THREADS"] = str(args.model_threads)
+            env["ATROUS_DECODE_CONCURRENCY"] = str(min(8, max(2, usable_cpus() // workers)))
         env.update(item.split("=", 1) for item in args.env)
         if gc_log is not None:
             env["ATROUS_BENCH_GC_LOG"] = str(gc_log)
@@ -357,13 +375,13 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
     }
 
 
-def bare_model(model: Path, runtime: str, batch: int,
-               seconds: float = 3.0) -> tuple[float, float]:
+def bare_model(model: Path, runtime: str, batch: int, seconds: float = 3.0,
+               threads: int | None = None) -> tuple[float, float]:
     """The model alone, in this process: images/s on letterboxed canvases, and its CPU ms
     per image (the part of the server's CPU per image that is not the host path's)."""
     from model.inference.runtimes import load_runtime
 
-    segmenter = load_runtime(model, runtime)
+    segmenter = load_runtime(model, runtime, threads=threads)
     size = segmenter.metadata.input_size
     canvases = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
     valid = np.full((batch, 2), size, np.int32)
@@ -400,9 +418,11 @@ def main() -> None:
     jpeg = test_jpeg()
     info = {**machine(), "model": str(model), "runtime": args.runtime,
             "client_procs": client_procs, "seconds": args.seconds,
-            "max_batch_size": args.max_batch_size, "env": args.env}
+            "max_batch_size": args.max_batch_size, "model_threads": args.model_threads,
+            "env": args.env}
     print(json.dumps(info))
-    bare, bare_cpu = bare_model(model, args.runtime, args.max_batch_size)
+    bare, bare_cpu = bare_model(model, args.runtime, args.max_batch_size,
+                                threads=args.model_threads)
     print(f"bare model: {bare:.0f} images/s, {bare_cpu:.2f} CPU ms/image "
           f"(batch {args.max_batch_size}, this process)")
     rows = []
