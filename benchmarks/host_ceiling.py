@@ -219,6 +219,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def default_decode_threads(src: Path, env: dict[str, str], workers: int) -> int:
+    """The decode threads the tree at ``src`` gives one of ``workers`` worker processes
+    when ``ATROUS_THREADS`` is unset (older trees: a fixed number)."""
+    query = ("from app.settings import Settings as S\n"
+             f"s = S(threads={max(1, usable_cpus() // workers)}) if 'threads' in S.model_fields "
+             "else S()\n"
+             "print(getattr(s, 'decode_threads', None) or s.decode_concurrency)")
+    out = subprocess.run([sys.executable, "-c", query], cwd=src, env=env, check=True,
+                         capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
+
+
 class Server:
     def __init__(self, src: Path, model: Path, workers: int, args: argparse.Namespace,
                  log: Path, gc_log: Path | None = None) -> None:
@@ -234,10 +246,10 @@ class Server:
                "ATROUS_MAX_BATCH_SIZE": str(args.max_batch_size),
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         if args.model_threads is not None:
-            # ATROUS_THREADS alone would also size the decode threads (2 to 8 per process):
-            # they keep what the server gives a worker of this count by default.
+            # ATROUS_THREADS alone would also size the decode threads of a tree that derives
+            # them from it: they keep that tree's default for a worker of this count.
+            env["ATROUS_DECODE_CONCURRENCY"] = str(default_decode_threads(src, env, workers))
             env["ATROUS_THREADS"] = str(args.model_threads)
-            env["ATROUS_DECODE_CONCURRENCY"] = str(min(8, max(2, usable_cpus() // workers)))
         env.update(item.split("=", 1) for item in args.env)
         if gc_log is not None:
             env["ATROUS_BENCH_GC_LOG"] = str(gc_log)
