@@ -293,6 +293,27 @@ class Server:
                 pass
         return total, loops
 
+    def context_switches(self) -> int | None:
+        """Context switches so far of every thread of every server process (voluntary:
+        a wait, e.g. for the GIL; involuntary: preempted); None off Linux."""
+        if not Path("/proc/self/task").exists():
+            return None
+        try:
+            root = psutil.Process(self.process.pid)
+            pids = [root.pid, *(c.pid for c in root.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return None
+        total = 0
+        for pid in pids:
+            for status in Path(f"/proc/{pid}/task").glob("*/status"):
+                try:
+                    lines = status.read_text().splitlines()
+                except OSError:  # a thread or process gone meanwhile
+                    continue
+                total += sum(int(line.split()[1]) for line in lines
+                             if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+        return total
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -353,10 +374,12 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
     for p in loaders:
         p.start()
     time.sleep(max(0.0, start - time.monotonic()))
+    switches_before = server.context_switches()
     cpu_before, wall_before, epoch_before = server.cpu_seconds(), time.monotonic(), time.time()
     stages_before = stage_totals(server.port)
     time.sleep(max(0.0, stop - time.monotonic()))
     cpu_after, wall_after, epoch_after = server.cpu_seconds(), time.monotonic(), time.time()
+    switches_after = server.context_switches()
     stages = stage_means(stages_before, stage_totals(server.port))
     outs = [results.get(timeout=120) for _ in loaders]
     for p in loaders:
@@ -376,6 +399,9 @@ def measure(server: Server, jpeg: bytes, concurrency: int, args: argparse.Namesp
         "server_cores_busy": server_cpu / (wall_after - wall_before),
         "event_loop_cpu_ms_per_image": 1000 * loop_cpu / ok if ok else None,
         "load_cpu_ms_per_image": 1000 * sum(o["cpu_s"] for o in outs) / ok if ok else None,
+        "context_switches_per_image": ((switches_after - switches_before) / ok
+                                       if ok and switches_before is not None
+                                       and switches_after is not None else None),
         "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
         "ok": ok, "wrong_bytes": sum(o["wrong"] for o in outs), "other_statuses": statuses,
@@ -459,7 +485,9 @@ def main() -> None:
                               f"{row['images_per_s']:7.1f} images/s, server "
                               f"{row['server_cpu_ms_per_image'] or 0:5.2f} CPU ms/image "
                               f"({row['server_cores_busy']:.2f} cores; event loop "
-                              f"{row['event_loop_cpu_ms_per_image'] or 0:.2f}), p50 "
+                              f"{row['event_loop_cpu_ms_per_image'] or 0:.2f}; "
+                              f"{row['context_switches_per_image'] or 0:.1f} context "
+                              f"switches), p50 "
                               f"{row['p50_ms'] or 0:.1f} ms, p99 {row['p99_ms'] or 0:.1f} ms, "
                               f"other {row['other_statuses']}, wrong {row['wrong_bytes']}, "
                               f"conn errors {row['connection_errors']}; {row['stages']}"
