@@ -124,7 +124,6 @@ class _Axis:
                 matrix[offset:offset + count[start + j], j] = fixed[start + j, :count[start + j]]
             matrix *= 2.0 ** -_BITS  # a power of two: still exact
             self.groups.append((start, end, low, high, matrix))
-        self.span = max(high - low for _, _, low, high, _ in self.groups)
         self.runs = _runs(self.groups, in_size, scale)
         self.window = max(run.window for run in self.runs)
 
