@@ -9,7 +9,8 @@ nor the server's own packages, and no network.  This folder holds:
 * ``model/``: the near-free model, ``cifar_resnet_20`` at input 129, exported to ONNX here;
 * ``before/``: the app as it was at ``--before`` (a commit), for a before/after run.
 
-Then one call of the device tool, with ``carry: [".devbench"]``, runs it::
+Then one call of the device tool, with ``carry: [".devbench"]``, runs it (the stand-in
+model on one thread per process, as a GPU's runtime would take: ``--model-threads``)::
 
     python benchmarks/device_bundle.py --before f74e1fa
     # device command (printed at the end):
@@ -75,7 +76,8 @@ def main() -> None:
     print(f"python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "
           f"{folder}/whl/*.whl && PYTHONPATH=/tmp/site python3 benchmarks/host_ceiling.py "
           f"--model {folder}/model {' '.join(sources) if args.before else ''} --workers 1 2 4 8 "
-          f"--concurrency 32 96 --client-procs 4 --seconds 5 --warmup-s 1 --json $OUT/x.json")
+          f"--concurrency 32 96 --client-procs 4 --seconds 5 --warmup-s 1 --model-threads 1 "
+          f"--json $OUT/x.json")
 
 
 if __name__ == "__main__":
