@@ -1,17 +1,21 @@
 """Typed dependencies for the routes (``Annotated`` aliases).
 
-``ServiceDep`` is the service of the model version a request runs on, *leased* for the
-whole request: ``/segment`` and ``/v1/model`` get the default model's newest available
-version, ``/v1/models/{model_name}[/versions/{model_version}]/...`` the one named.  The
-version is chosen once, on arrival, and every tile, scale and flip runs on it even if a
-newer version becomes available meanwhile; the response names it (``X-Atrous-Model``).
+``leased`` holds the model version a request runs on (``VersionDep``: for the whole
+request): ``/segment`` and ``/v1/model`` get the default model's newest available version,
+``/v1/models/{model_name}[/versions/{model_version}]/...`` the one named.  The version is
+chosen once, on arrival, and every tile, scale and flip runs on it even if a newer version
+becomes available meanwhile; the response names it (``X-Atrous-Model``).  ``/segment``
+takes it with ``with leased(request)`` rather than as a dependency: there FastAPI's solving
+of the dependencies cost the event loop ~0.1 ms per request, 4-7 % of one process's
+images/s (``benchmarks/host_ceiling.py``).
 
 Every dependency here is ``async def``: FastAPI runs a plain ``def`` dependency in its
 thread pool, a thread handoff per dependency per request, which cost more of the event
 loop's time than the route itself (``benchmarks/host_ceiling.py``).
 """
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -19,7 +23,6 @@ from fastapi import Depends, Path, Request
 from app.api.errors import ValidationError
 from app.context import set_served_model
 from app.repository.manager import ModelManager, ModelVersion
-from app.service import Service
 from app.settings import Settings
 
 MODEL_NAME = "model_name"
@@ -34,8 +37,9 @@ async def get_manager(request: Request) -> ModelManager:
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
 
 
-async def leased_version(request: Request, manager: ManagerDep) -> AsyncIterator[ModelVersion]:
-    """The version this request runs on, held until the request ends."""
+@contextlib.contextmanager
+def leased(request: Request) -> Iterator[ModelVersion]:
+    """The version this request runs on, held until the ``with`` ends."""
     name = request.path_params.get(MODEL_NAME)
     number = request.path_params.get(MODEL_VERSION)
     version = None
@@ -46,16 +50,19 @@ async def leased_version(request: Request, manager: ManagerDep) -> AsyncIterator
             raise ValidationError(f"path.{MODEL_VERSION}: a version is a whole number from 1 "
                                   f"(got {number!r})")
         version = int(number)
+    manager: ModelManager = request.app.state.models
     with manager.lease(name, version) as held:
         set_served_model(request.scope, held.label)
         yield held
 
 
+async def leased_version(request: Request) -> AsyncIterator[ModelVersion]:
+    """``leased`` as a dependency: held until the request ends."""
+    with leased(request) as held:
+        yield held
+
+
 VersionDep = Annotated[ModelVersion, Depends(leased_version)]
-
-
-async def leased_service(held: VersionDep) -> Service:
-    return held.service
 
 
 async def model_path(model_name: Annotated[str, Path(description="a model's name")]) -> None:
@@ -75,4 +82,3 @@ async def app_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-ServiceDep = Annotated[Service, Depends(leased_service)]

@@ -9,11 +9,12 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.api.deps import ServiceDep, SettingsDep
+from app.api.deps import leased
 from app.api.errors import NotSupportedError, ValidationError
 from app.api.schemas import ErrorEnvelope, Segmentation
 from app.api.upload import IMAGE_FIELD, read_image_bytes
 from app.batcher import Batcher, BatchResult
+from app.service import Service
 from app.settings import Settings
 from model.inference.contract import ModelMetadata, probabilities_of
 from model.inference.imaging import peek_size
@@ -82,8 +83,6 @@ class ClientGone(Exception):
              openapi_extra={"requestBody": REQUEST_BODY})
 async def segment(
     request: Request,
-    service: ServiceDep,
-    settings: SettingsDep,
     output: Annotated[OutputFormat, Query(
         alias="format",
         description="png, json, overlay, probabilities or confidence")] = OutputFormat.png,
@@ -101,6 +100,15 @@ async def segment(
 ) -> Response:
     """Segment one image; returns a mask (PNG), a JSON summary, an overlay, probabilities or
     confidences."""
+    settings: Settings = request.app.state.settings
+    with leased(request) as held:  # not a dependency: see app.api.deps
+        return await _segment(request, held.service, settings, output, tiling, scales, flip,
+                              classes)
+
+
+async def _segment(request: Request, service: Service, settings: Settings,
+                   output: OutputFormat, tiling: Tiling, scales: str | None, flip: bool,
+                   classes: str | None) -> Response:
     arrived = time.monotonic()
     batcher = service.require_ready()
     batcher.check_capacity()  # under overload, refuse before reading and decoding
@@ -126,8 +134,8 @@ async def segment(
                                      options, arrived)
 
 
-async def _segment_single(request: Request, service: ServiceDep, batcher: Batcher,
-                          settings: SettingsDep, data: bytes, output: OutputFormat,
+async def _segment_single(request: Request, service: Service, batcher: Batcher,
+                          settings: Settings, data: bytes, output: OutputFormat,
                           options: InferenceOptions, arrived: float) -> Response:
     """DeepLab's single pass: one letterboxed canvas through the batcher, labels back."""
     metadata = service.metadata
@@ -185,8 +193,8 @@ def inference_options(metadata: ModelMetadata, tiling: Tiling, scales: str | Non
                             tile_max_side=tile_max_side)
 
 
-async def _segment_group(request: Request, service: ServiceDep, batcher: Batcher,
-                         settings: SettingsDep, data: bytes, output: OutputFormat,
+async def _segment_group(request: Request, service: Service, batcher: Batcher,
+                         settings: Settings, data: bytes, output: OutputFormat,
                          options: InferenceOptions, arrived: float) -> Response:
     """The probabilities path: every tile / scale / flip of the image through the batcher
     as one group (all queued or none), each result blended in as it arrives (memory in
@@ -222,7 +230,7 @@ async def _segment_group(request: Request, service: ServiceDep, batcher: Batcher
                      {"tiles": len(results), "scales": len(options.scales)})
 
 
-def _response(service: ServiceDep, body: bytes, output: OutputFormat,
+def _response(service: Service, body: bytes, output: OutputFormat,
               stages: dict[str, float], counts: dict[str, int]) -> Response:
     """The body with ``Server-Timing``: stage durations (ms), then counts (tiles, scales)."""
     for stage, seconds in stages.items():
