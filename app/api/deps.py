@@ -6,8 +6,8 @@ request): ``/segment`` and ``/v1/model`` get the default model's newest availabl
 chosen once, on arrival, and every tile, scale and flip runs on it even if a newer version
 becomes available meanwhile; the response names it (``X-Atrous-Model``).  ``/segment``
 takes it with ``with leased(request)`` rather than as a dependency: there FastAPI's solving
-of the dependencies cost the event loop ~0.1 ms per request, 4-7 % of one process's
-images/s (``benchmarks/host_ceiling.py``).
+of the dependencies cost the event loop, the thread that holds the GIL the most, ~0.1 ms
+per request (benchmarks/RESULTS.md, "/segment's version lease").
 
 Every dependency here is ``async def``: FastAPI runs a plain ``def`` dependency in its
 thread pool, a thread handoff per dependency per request, which cost more of the event
