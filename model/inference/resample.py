@@ -2,7 +2,7 @@
 
 DeepLab's input is Pillow's antialiased (Lanczos) resize, and on a GPU node it is most of the
 host's work per image (``benchmarks/resize_bench.py``).  Pillow computes it in scalar C;
-this computes exactly the same numbers with BLAS, 1.4-2.3x faster on the CPU measured
+this computes exactly the same numbers with BLAS, 1.35-2.3x faster on the CPU measured
 (once a size's coefficients are cached):
 
 * the coefficients are Pillow's (``libImaging/Resample.c``): the same double-precision
