@@ -73,7 +73,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--model-threads", type=int, default=None,
                         help="the runtime's CPU threads per server process (ATROUS_THREADS; "
-                             "the decode threads stay the server's default for the worker "
+                             "the decode threads stay each tree's own default for the worker "
                              "count). 1 stands for a GPU, whose runtime takes one host thread "
                              "to launch its kernels; unset: the server's default (its share "
                              "of the cores), which also runs the stand-in model on them")
@@ -274,16 +274,19 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError("server not ready:\n" + self.log.read_text(errors="replace")[-3000:])
 
+    def processes(self) -> list[psutil.Process]:
+        """The server's process and all its children (workers); none once it is gone."""
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def cpu_seconds(self) -> tuple[float, float]:
         """User + system CPU of the server and all its processes (workers, children), and
         of their main threads alone (the event loops: one process's ceiling)."""
-        try:
-            root = psutil.Process(self.process.pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0, 0.0
         total = loops = 0.0
-        for p in processes:
+        for p in self.processes():
             try:
                 t = p.cpu_times()
                 total += t.user + t.system
@@ -298,14 +301,9 @@ class Server:
         a wait, e.g. for the GIL; involuntary: preempted); None off Linux."""
         if not Path("/proc/self/task").exists():
             return None
-        try:
-            root = psutil.Process(self.process.pid)
-            pids = [root.pid, *(c.pid for c in root.children(recursive=True))]
-        except psutil.NoSuchProcess:
-            return None
         total = 0
-        for pid in pids:
-            for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for p in self.processes():
+            for status in Path(f"/proc/{p.pid}/task").glob("*/status"):
                 try:
                     lines = status.read_text().splitlines()
                 except OSError:  # a thread or process gone meanwhile
